@@ -1,0 +1,233 @@
+"""TD-MPC2 (Hansen et al., 2024): latent world model + MPPI planning + policy prior.
+
+Pure functions over one state pytree:
+
+    agent = TDMPC2(cfg, spec)
+    state = agent.init(key)
+    action, plan_state, aux = agent.act(state, obs, plan_state, key, eval_mode)   # one env; vmap it
+    state, metrics = agent.update(state, batch, key)
+
+Batches are time-major sequences of H transitions: obs/next_obs [H, B, O], action [H, B, A],
+reward/done/end [H, B] ('end' = termination or truncation), optional task [B].
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from mbdpo_jax.envs.base import EnvSpec
+from mbdpo_jax.models.world_model import PRESETS, WorldModel, WorldModelConfig
+from mbdpo_jax.planners import mppi
+
+
+@dataclasses.dataclass(frozen=True)
+class TDMPC2Config:
+    """TD-MPC2 hyperparameters; defaults are the published ones (REFERENCE.md)."""
+
+    model_size: str = "5M"
+    horizon: int = 3
+    rho: float = 0.5
+    consistency_coef: float = 20.0
+    reward_coef: float = 0.1
+    value_coef: float = 0.1
+    entropy_coef: float = 1e-4
+    lr: float = 3e-4
+    enc_lr_scale: float = 0.3
+    grad_clip_norm: float = 20.0
+    batch_size: int = 256
+    tau: float = 0.01
+    discount: float | None = None  # None: from the episode length (TD-MPC2's heuristic)
+    num_tasks: int = 1
+    planner: mppi.MPPIConfig = mppi.MPPIConfig()
+
+    def validate(self) -> None:
+        if self.model_size not in PRESETS:
+            raise ValueError(f"unknown model size {self.model_size!r}; allowed: {', '.join(PRESETS)}")
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.planner.horizon != self.horizon:
+            raise ValueError(f"planner horizon {self.planner.horizon} != model horizon {self.horizon}")
+        self.planner.validate()
+
+
+def discount_from_episode_length(length: int, lo: float = 0.95, hi: float = 0.995) -> float:
+    """TD-MPC2's heuristic gamma = clip((T/5 - 1) / (T/5), lo, hi)."""
+    frac = length / 5
+    return float(min(max((frac - 1) / frac, lo), hi))
+
+
+@struct.dataclass
+class TDMPC2State:
+    params: dict
+    target_qs: Any
+    model_opt: optax.OptState
+    pi_opt: optax.OptState
+    q_scale: jax.Array
+    step: jax.Array
+
+
+def _sequence_mask(end: jax.Array) -> jax.Array:
+    """m_t = 1 while no episode boundary occurred before step t ([H, B] -> [H, B])."""
+    alive = jnp.cumprod(1.0 - end, axis=0)
+    return jnp.concatenate([jnp.ones_like(end[:1]), alive[:-1]], axis=0)
+
+
+class TDMPC2:
+    """TD-MPC2 agent: static config + env spec; all methods are pure."""
+
+    def __init__(self, cfg: TDMPC2Config, spec: EnvSpec):
+        cfg.validate()
+        self.cfg = cfg
+        self.spec = spec
+        self.model = WorldModel(
+            WorldModelConfig.from_preset(cfg.model_size, spec.obs_size, spec.action_size, num_tasks=cfg.num_tasks)
+        )
+        self.discount = cfg.discount if cfg.discount is not None else discount_from_episode_length(spec.episode_length)
+        self.model_tx = optax.chain(
+            optax.clip_by_global_norm(cfg.grad_clip_norm),
+            optax.multi_transform(
+                {"encoder": optax.adam(cfg.lr * cfg.enc_lr_scale), "rest": optax.adam(cfg.lr)},
+                lambda params: {k: ("encoder" if k == "encoder" else "rest") for k in params},
+            ),
+        )
+        self.pi_tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), optax.adam(cfg.lr, eps=1e-5))
+
+    # ---- state ------------------------------------------------------------------------------
+    def init(self, key: jax.Array) -> TDMPC2State:
+        params = self.model.init(key)
+        return TDMPC2State(
+            params=params,
+            target_qs=params["qs"],
+            model_opt=self.model_tx.init(params),
+            pi_opt=self.pi_tx.init(params["pi"]),
+            q_scale=jnp.ones(()),
+            step=jnp.zeros((), jnp.int32),
+        )
+
+    def initial_plan_state(self) -> jax.Array:
+        """Warm start of one env's planner: a [H, A] mean."""
+        return jnp.zeros((self.cfg.horizon, self.spec.action_size))
+
+    # ---- acting -----------------------------------------------------------------------------
+    def rollout_prior(self, params: dict, z: jax.Array, key: jax.Array, num: int, task: Any = None) -> jax.Array:
+        """Action sequences [num, H, A] from the policy prior rolled through the latent dynamics."""
+        zs = jnp.broadcast_to(z, (num,) + z.shape)
+
+        def step(z_t, k):
+            a, _ = self.model.pi(params, z_t, k, task)
+            return self.model.next(params, z_t, a, task), a
+
+        _, actions = jax.lax.scan(step, zs, jax.random.split(key, self.cfg.horizon))
+        return jnp.swapaxes(actions, 0, 1)
+
+    def trajectory_value(self, params: dict, z: jax.Array, actions: jax.Array, key: jax.Array,
+                         task: Any = None) -> jax.Array:
+        """sum_t gamma^t r_hat(z_t, a_t) + gamma^H * avg Q(z_H, pi(z_H)) for actions [N, H, A]."""
+        zs = jnp.broadcast_to(z, (actions.shape[0],) + z.shape)
+
+        def step(carry, a_t):
+            z_t, ret, disc = carry
+            ret = ret + disc * self.model.reward_value(params, z_t, a_t, task)
+            return (self.model.next(params, z_t, a_t, task), ret, disc * self.discount), None
+
+        init = (zs, jnp.zeros(actions.shape[0]), jnp.ones(()))
+        (z_h, ret, disc), _ = jax.lax.scan(step, init, jnp.swapaxes(actions, 0, 1))
+        k_pi, k_q = jax.random.split(key)
+        a_h, _ = self.model.pi(params, z_h, k_pi, task)
+        return ret + disc * self.model.q_value(params, z_h, a_h, k_q, task)
+
+    def act(self, state: TDMPC2State, obs: jax.Array, plan_state: jax.Array, key: jax.Array,
+            eval_mode: bool = False, task: Any = None) -> tuple[jax.Array, jax.Array, dict]:
+        """Plan with MPPI from one observation. plan_state is the shifted previous mean [H, A]."""
+        params = state.params
+        k_prior, k_value, k_plan = jax.random.split(key, 3)
+        z = self.model.encode(params, obs, task)
+        prior = self.rollout_prior(params, z, k_prior, self.cfg.planner.num_pi_trajs, task)
+        value_fn = lambda actions: self.trajectory_value(params, z, actions, k_value, task)
+        action, mean, aux = mppi.plan(k_plan, value_fn, prior, plan_state, self.cfg.planner, eval_mode)
+        return action, mean, aux
+
+    def next_plan_state(self, mean: jax.Array, episode_started: jax.Array) -> jax.Array:
+        return mppi.shift_warm_start(mean, episode_started)
+
+    # ---- learning ---------------------------------------------------------------------------
+    def _td_targets(self, params, target_qs, batch, key):
+        next_z = self.model.encode(params, batch["next_obs"], batch.get("task"))
+        k_pi, k_q = jax.random.split(key)
+        a, _ = self.model.pi(params, next_z, k_pi, batch.get("task"))
+        q = self.model.q_value(params, next_z, a, k_q, batch.get("task"), qs_params=target_qs, reduce="min")
+        return next_z, batch["reward"] + self.discount * (1.0 - batch["done"]) * q
+
+    def model_loss(self, params, target_qs, batch, key):
+        """TD-MPC2 world-model loss: 20 * consistency + 0.1 * reward CE + 0.1 * value CE, rho^t weighted."""
+        cfg, two_hot, task = self.cfg, self.model.cfg.two_hot, batch.get("task")
+        k_td, k_drop = jax.random.split(key)
+        next_z, td = jax.lax.stop_gradient(self._td_targets(params, target_qs, batch, k_td))
+        mask = _sequence_mask(batch["end"])
+        weight = (cfg.rho ** jnp.arange(cfg.horizon))[:, None] * mask  # [H, B]
+
+        def roll(z, inputs):
+            a_t, target_t = inputs
+            z_next = self.model.next(params, z, a_t, task)
+            return z_next, (z, jnp.mean((z_next - target_t) ** 2, -1))
+
+        z0 = self.model.encode(params, batch["obs"][0], task)
+        z_last, (zs, consistency) = jax.lax.scan(roll, z0, (batch["action"], next_z))
+        reward_ce = two_hot.cross_entropy(self.model.reward(params, zs, batch["action"], task), batch["reward"])
+        q_logits = self.model.Q(params, zs, batch["action"], task, dropout_key=k_drop)
+        value_ce = two_hot.cross_entropy(q_logits, td[None]).mean(0)
+        per_step = lambda x: jnp.sum(weight * x) / (cfg.horizon * x.shape[1])
+        losses = {
+            "consistency_loss": per_step(consistency),
+            "reward_loss": per_step(reward_ce),
+            "value_loss": per_step(value_ce),
+        }
+        total = (cfg.consistency_coef * losses["consistency_loss"] + cfg.reward_coef * losses["reward_loss"]
+                 + cfg.value_coef * losses["value_loss"])
+        all_zs = jnp.concatenate([zs, z_last[None]], 0)
+        all_mask = jnp.concatenate([mask, mask[-1:] * (1.0 - batch["end"][-1:])], 0)
+        return total, (losses, jax.lax.stop_gradient(all_zs), all_mask)
+
+    def pi_loss(self, pi_params, params, q_scale, zs, mask, key, task=None):
+        """Policy prior loss: -(alpha * entropy + avg Q) / S, rho^t weighted, latents detached."""
+        cfg = self.cfg
+        k_pi, k_q = jax.random.split(key)
+        full = {**params, "pi": pi_params}
+        a, aux = self.model.pi(full, zs, k_pi, task)
+        q = self.model.q_value(jax.lax.stop_gradient(params), zs, a, k_q, task)
+        q_scale = self.updated_q_scale(q_scale, jax.lax.stop_gradient(q[0]))
+        rho = (cfg.rho ** jnp.arange(zs.shape[0]))[:, None]
+        per_sample = -(cfg.entropy_coef * aux["entropy"] + q / q_scale)
+        loss = jnp.sum(rho * mask * per_sample) / (zs.shape[0] * zs.shape[1])
+        return loss, (q_scale, aux["entropy"].mean())
+
+    def updated_q_scale(self, scale: jax.Array, q: jax.Array) -> jax.Array:
+        """EMA of the 5th-95th percentile range of Q (TD-MPC2's RunningScale), floored at 1e-3."""
+        spread = jnp.percentile(q, 95) - jnp.percentile(q, 5)
+        return jnp.maximum(scale + self.cfg.tau * (spread - scale), 1e-3)
+
+    def update(self, state: TDMPC2State, batch: dict, key: jax.Array) -> tuple[TDMPC2State, dict]:
+        """One gradient step on the world model, one on the prior, then the EMA of the target Qs."""
+        k_model, k_pi = jax.random.split(key)
+        grad_fn = jax.value_and_grad(self.model_loss, has_aux=True)
+        (total, (losses, zs, mask)), grads = grad_fn(state.params, state.target_qs, batch, k_model)
+        updates, model_opt = self.model_tx.update(grads, state.model_opt, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        pi_grad_fn = jax.value_and_grad(self.pi_loss, has_aux=True)
+        (pi_loss, (q_scale, entropy)), pi_grads = pi_grad_fn(
+            params["pi"], params, state.q_scale, zs, mask, k_pi, batch.get("task"))
+        pi_updates, pi_opt = self.pi_tx.update(pi_grads, state.pi_opt, params["pi"])
+        params = {**params, "pi": optax.apply_updates(params["pi"], pi_updates)}
+        target_qs = optax.incremental_update(params["qs"], state.target_qs, self.cfg.tau)
+        new_state = TDMPC2State(params, target_qs, model_opt, pi_opt, q_scale, state.step + 1)
+        metrics = {**losses, "total_loss": total, "pi_loss": pi_loss, "pi_entropy": entropy, "q_scale": q_scale,
+                   "grad_norm": optax.tree.norm(grads)}
+        return new_state, metrics

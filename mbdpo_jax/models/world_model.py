@@ -1,0 +1,177 @@
+"""TD-MPC2's latent world model as pure functions over a params dict.
+
+Vocabulary follows TD-MPC2 (`encode`, `next`, `reward`, `pi`, `Q`):
+
+    z  = encode(params, obs, task)           # SimNorm latent
+    z' = next(params, z, a, task)            # latent dynamics, SimNorm
+    r  = reward(params, z, a, task)          # logits over two-hot bins
+    a, aux = pi(params, z, key, task)        # tanh-squashed Gaussian prior
+    q  = Q(qs_params, z, a, task)            # logits [num_q, ..., bins]
+
+`params` is a plain dict {'encoder', 'dynamics', 'reward', 'pi', 'qs'[, 'task_emb']}; every
+function is jit/vmap/grad-safe and has no hidden state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mbdpo_jax.nn.layers import MLP, Ensemble, simnorm
+from mbdpo_jax.nn.twohot import TwoHot
+
+Params = dict[str, Any]
+
+# enc_dim, mlp_dim, latent_dim, num_enc_layers, num_q  (TD-MPC2 presets; "tiny" is ours, for CPU runs)
+PRESETS: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (128, 256, 64, 2, 2),
+    "1M": (256, 384, 128, 2, 2),
+    "5M": (256, 512, 512, 2, 5),
+    "19M": (1024, 1024, 768, 3, 5),
+    "48M": (1792, 1792, 768, 4, 5),
+    "317M": (4096, 4096, 1376, 5, 8),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldModelConfig:
+    """Static sizes of the world model. Build from a preset with `WorldModelConfig.from_preset`."""
+
+    obs_size: int
+    action_size: int
+    enc_dim: int = 256
+    mlp_dim: int = 512
+    latent_dim: int = 512
+    num_enc_layers: int = 2
+    num_q: int = 5
+    num_bins: int = 101
+    vmin: float = -10.0
+    vmax: float = 10.0
+    simnorm_dim: int = 8
+    q_dropout: float = 0.01
+    num_tasks: int = 1
+    task_dim: int = 96
+    log_std_min: float = -10.0
+    log_std_max: float = 2.0
+
+    @classmethod
+    def from_preset(cls, size: str, obs_size: int, action_size: int, **overrides: Any) -> "WorldModelConfig":
+        if size not in PRESETS:
+            raise ValueError(f"unknown model size {size!r}; allowed: {', '.join(PRESETS)}")
+        enc, mlp, latent, layers, num_q = PRESETS[size]
+        return cls(obs_size=obs_size, action_size=action_size, enc_dim=enc, mlp_dim=mlp,
+                   latent_dim=latent, num_enc_layers=layers, num_q=num_q, **overrides)
+
+    @property
+    def multitask(self) -> bool:
+        return self.num_tasks > 1
+
+    @property
+    def two_hot(self) -> TwoHot:
+        return TwoHot(self.num_bins, self.vmin, self.vmax)
+
+
+class WorldModel:
+    """Pure-function world model; the instance holds only static configuration."""
+
+    def __init__(self, cfg: WorldModelConfig):
+        self.cfg = cfg
+        act = functools.partial(simnorm, group_size=cfg.simnorm_dim)
+        enc_hidden = [cfg.enc_dim] * max(cfg.num_enc_layers - 1, 1)
+        two = [cfg.mlp_dim] * 2
+        self.encoder_net = MLP(enc_hidden, cfg.latent_dim, out_activation=act)
+        self.dynamics_net = MLP(two, cfg.latent_dim, out_activation=act)
+        self.reward_net = MLP(two, cfg.num_bins, zero_last=True)
+        self.pi_net = MLP(two, 2 * cfg.action_size)
+        self.q_net = Ensemble(cfg.num_q, two, cfg.num_bins, dropout=cfg.q_dropout, zero_last=True)
+
+    # ---- parameters -------------------------------------------------------------------------
+    def init(self, key: jax.Array) -> Params:
+        """Fresh parameters."""
+        cfg = self.cfg
+        keys = jax.random.split(key, 6)
+        tdim = cfg.task_dim if cfg.multitask else 0
+        obs = jnp.zeros((1, cfg.obs_size + tdim))
+        za = jnp.zeros((1, cfg.latent_dim + cfg.action_size + tdim))
+        z = jnp.zeros((1, cfg.latent_dim + tdim))
+        params = {
+            "encoder": self.encoder_net.init(keys[0], obs)["params"],
+            "dynamics": self.dynamics_net.init(keys[1], za)["params"],
+            "reward": self.reward_net.init(keys[2], za)["params"],
+            "pi": self.pi_net.init(keys[3], z)["params"],
+            "qs": self.q_net.init(keys[4], za)["params"],
+        }
+        if cfg.multitask:
+            params["task_emb"] = jax.random.normal(keys[5], (cfg.num_tasks, cfg.task_dim))
+        return params
+
+    # ---- task conditioning ------------------------------------------------------------------
+    def _with_task(self, params: Params, x: jax.Array, task: jax.Array | None) -> jax.Array:
+        """Concatenate the (max-norm 1) task embedding to x when the model is multi-task."""
+        if not self.cfg.multitask:
+            return x
+        if task is None:
+            raise ValueError("a multi-task world model needs task ids")
+        emb = params["task_emb"][task]
+        emb = emb / jnp.maximum(1.0, jnp.linalg.norm(emb, axis=-1, keepdims=True))
+        emb = jnp.broadcast_to(emb, x.shape[:-1] + emb.shape[-1:])
+        return jnp.concatenate([x, emb], axis=-1)
+
+    # ---- components -------------------------------------------------------------------------
+    def encode(self, params: Params, obs: jax.Array, task: jax.Array | None = None) -> jax.Array:
+        return self.encoder_net.apply({"params": params["encoder"]}, self._with_task(params, obs, task))
+
+    def next(self, params: Params, z: jax.Array, a: jax.Array, task: jax.Array | None = None) -> jax.Array:
+        za = self._with_task(params, jnp.concatenate([z, a], -1), task)
+        return self.dynamics_net.apply({"params": params["dynamics"]}, za)
+
+    def reward(self, params: Params, z: jax.Array, a: jax.Array, task: jax.Array | None = None) -> jax.Array:
+        """Reward logits over the two-hot bins."""
+        za = self._with_task(params, jnp.concatenate([z, a], -1), task)
+        return self.reward_net.apply({"params": params["reward"]}, za)
+
+    def Q(self, params: Params, z: jax.Array, a: jax.Array, task: jax.Array | None = None,
+          qs_params: Any = None, dropout_key: jax.Array | None = None) -> jax.Array:
+        """Logits [num_q, ..., bins]. `qs_params` swaps in e.g. the EMA target ensemble."""
+        za = self._with_task(params, jnp.concatenate([z, a], -1), task)
+        variables = {"params": params["qs"] if qs_params is None else qs_params}
+        if dropout_key is None:
+            return self.q_net.apply(variables, za)
+        return self.q_net.apply(variables, za, False, rngs={"dropout": dropout_key})
+
+    def pi(self, params: Params, z: jax.Array, key: jax.Array, task: jax.Array | None = None,
+           action_mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Sample a tanh-squashed Gaussian action; aux has 'mean' (tanh of the mean), 'log_prob', 'entropy'."""
+        cfg = self.cfg
+        out = self.pi_net.apply({"params": params["pi"]}, self._with_task(params, z, task))
+        mean, raw_log_std = jnp.split(out, 2, axis=-1)
+        log_std = cfg.log_std_min + 0.5 * (cfg.log_std_max - cfg.log_std_min) * (jnp.tanh(raw_log_std) + 1)
+        mask = jnp.ones_like(mean) if action_mask is None else jnp.broadcast_to(action_mask, mean.shape)
+        eps = jax.random.normal(key, mean.shape)
+        pre_tanh = mean + eps * jnp.exp(log_std)
+        gauss_log_prob = jnp.sum(mask * (-0.5 * eps**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)), -1)
+        action = jnp.tanh(pre_tanh)
+        squash_correction = jnp.sum(mask * jnp.log(jax.nn.relu(1 - action**2) + 1e-6), -1)
+        log_prob = gauss_log_prob - squash_correction
+        aux = {"mean": jnp.tanh(mean) * mask, "log_prob": log_prob, "entropy": -log_prob}
+        return action * mask, aux
+
+    # ---- derived quantities -----------------------------------------------------------------
+    def q_value(self, params: Params, z: jax.Array, a: jax.Array, key: jax.Array, task: jax.Array | None = None,
+                qs_params: Any = None, reduce: str = "avg") -> jax.Array:
+        """Scalar value from two randomly chosen Q heads: their mean ('avg') or minimum ('min')."""
+        logits = self.Q(params, z, a, task, qs_params=qs_params)
+        idx = jax.random.choice(key, self.cfg.num_q, (2,), replace=False)
+        values = self.cfg.two_hot.decode(logits[idx])
+        return values.mean(0) if reduce == "avg" else values.min(0)
+
+    def reward_value(self, params: Params, z: jax.Array, a: jax.Array, task: jax.Array | None = None) -> jax.Array:
+        return self.cfg.two_hot.decode(self.reward(params, z, a, task))
+
+
+def count_params(tree: Any) -> int:
+    """Number of scalars in a pytree."""
+    return int(sum(x.size for x in jax.tree.leaves(tree)))

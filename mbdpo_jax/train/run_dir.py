@@ -1,0 +1,151 @@
+"""Run directories: config.json guard, checkpoint folder, atomic file writes.
+
+A run directory holds everything one experiment produces::
+
+    <run_dir>/config.json      the config the run was started with (written once)
+    <run_dir>/metrics.csv      one row per log step (see `mbdpo_jax.train.logging`)
+    <run_dir>/tensorboard/     TensorBoard event files
+    <run_dir>/checkpoints/     `<step>/` folders (see `mbdpo_jax.train.checkpoint`)
+
+Rerunning with the same directory resumes the run, so the directory's config must
+match the new one: `prepare_run_dir` refuses a different config with a one-line
+`RunDirError` instead of mixing two experiments in one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "config.json"
+CHECKPOINTS_NAME = "checkpoints"
+_ABSENT = object()
+_MAX_VALUE_CHARS = 60
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used for this run (e.g. it holds another config)."""
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flushes a directory's entries (new names, renames) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Writes `data` to `path` so readers see the old file or the new one, never a mix.
+
+    The bytes go to a temporary file in the same folder, are fsynced, and the file is
+    renamed over `path` with `os.replace`; the folder is fsynced afterwards.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def checkpoints_dir(run_dir: str | os.PathLike[str]) -> Path:
+    """Returns `<run_dir>/checkpoints` (created by the first checkpoint save)."""
+    return Path(run_dir) / CHECKPOINTS_NAME
+
+
+def prepare_run_dir(
+    path: str | os.PathLike[str],
+    config: Mapping[str, Any],
+    *,
+    resume_keys_ignored: Iterable[str] = (),
+) -> Path:
+    """Creates the run directory and records or checks its config.
+
+    Args:
+      path: the run directory; created with its parents if missing.
+      config: JSON-serialisable config (nested dicts allowed; other values are
+        written with `str`). Written to `config.json` if that file is absent.
+      resume_keys_ignored: keys whose value may differ on resume (e.g. "total_steps"
+        or a nested "eval.video"); a dotted key also ignores everything below it.
+
+    Returns:
+      The run directory as a `Path`.
+
+    Raises:
+      RunDirError: `path` is a file, `config.json` is unreadable, or it holds a
+        config that differs from `config` outside `resume_keys_ignored`.
+    """
+    run_dir = Path(path)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} exists and is not a directory; pick another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(config, indent=2, sort_keys=True, default=str) + "\n"
+    config_path = run_dir / CONFIG_NAME
+    if not config_path.exists():
+        atomic_write(config_path, text.encode())
+        return run_dir
+    old = _read_config(config_path)
+    diffs = _config_diffs(old, json.loads(text), tuple(resume_keys_ignored))
+    if diffs:
+        raise RunDirError(
+            f"run directory {run_dir} holds a different config ({'; '.join(diffs)}); "
+            "pick another --run-dir or rerun with the same config"
+        )
+    return run_dir
+
+
+def _read_config(config_path: Path) -> dict[str, Any]:
+    """Loads an existing config.json, turning any failure into a RunDirError."""
+    try:
+        old = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"cannot read {config_path}: {type(e).__name__}: {e}; pick another --run-dir") from e
+    if not isinstance(old, dict):
+        raise RunDirError(f"{config_path} does not hold a JSON object; pick another --run-dir")
+    return old
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flattens nested dicts to {"a.b": value}; an empty dict stays a value."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _is_ignored(key: str, ignored: tuple[str, ...]) -> bool:
+    """True if `key` or one of its dotted parents is in `ignored`."""
+    return any(key == i or key.startswith(i + ".") for i in ignored)
+
+
+def _short(value: Any) -> str:
+    """repr of a config value, cut to keep the error message on one short line."""
+    text = "<absent>" if value is _ABSENT else repr(value)
+    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."
+
+
+def _config_diffs(old: Mapping[str, Any], new: Mapping[str, Any], ignored: tuple[str, ...]) -> list[str]:
+    """Lists "key: old -> new" for every differing, non-ignored flattened key."""
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    diffs = []
+    for key in sorted(flat_old.keys() | flat_new.keys()):
+        a, b = flat_old.get(key, _ABSENT), flat_new.get(key, _ABSENT)
+        same = a is not _ABSENT and b is not _ABSENT and json.dumps(a) == json.dumps(b)
+        if not same and not _is_ignored(key, ignored):
+            diffs.append(f"{key}: {_short(a)} -> {_short(b)}")
+    return diffs
