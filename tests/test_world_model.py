@@ -97,7 +97,7 @@ def _fixed_batch(key, spec, horizon=3, batch=32):
     obs = jax.random.normal(ks[0], (horizon + 1, batch, spec.obs_size))
     action = jax.random.uniform(ks[1], (horizon, batch, spec.action_size), minval=-1, maxval=1)
     return {
-        "obs": obs[:-1], "next_obs": obs[1:], "action": action,
+        "obs": obs[:-1], "next_obs": obs[1:], "action": action, "plan_action": action, "planned": jnp.ones((horizon, batch)),
         "reward": jnp.tanh(obs[:-1, :, 0]) + action[..., 0],
         "done": jnp.zeros((horizon, batch)), "end": jnp.zeros((horizon, batch)),
     }
@@ -123,6 +123,6 @@ def test_world_model_losses_fall_on_a_fixed_batch():
 
 def test_sequence_mask_stops_at_episode_boundaries():
     """Loss weights vanish after the first episode end inside a sampled sequence."""
-    from mbdpo_jax.agents.tdmpc2 import _sequence_mask
+    from mbdpo_jax.agents.tdmpc2 import sequence_mask
     end = jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # [H=3, B=3]
-    np.testing.assert_array_equal(_sequence_mask(end), [[1, 1, 1], [1, 0, 1], [0, 0, 1]])
+    np.testing.assert_array_equal(sequence_mask(end), [[1, 1, 1], [1, 0, 1], [0, 0, 1]])

@@ -73,10 +73,25 @@ class TDMPC2State:
     step: jax.Array
 
 
-def _sequence_mask(end: jax.Array) -> jax.Array:
+def sequence_mask(end: jax.Array) -> jax.Array:
     """m_t = 1 while no episode boundary occurred before step t ([H, B] -> [H, B])."""
     alive = jnp.cumprod(1.0 - end, axis=0)
     return jnp.concatenate([jnp.ones_like(end[:1]), alive[:-1]], axis=0)
+
+
+def planner_prior_divergence(model: WorldModel, params: dict, z: jax.Array, actions: jax.Array,
+                             weights: jax.Array, task: Any = None) -> jax.Array:
+    """Estimate of KL(planner || prior) for the first action.
+
+    The planner's action distribution is its weighted elites; we fit it with a diagonal Gaussian q
+    and return E_q-weights[-log pi(a|z)] - H(q). Zero only when the prior covers the planner's
+    choices as tightly as the planner itself: a coherence gauge, not an exact divergence.
+    """
+    mean = jnp.sum(weights[:, None] * actions, 0)
+    var = jnp.sum(weights[:, None] * (actions - mean) ** 2, 0) + 1e-4
+    entropy_q = 0.5 * jnp.sum(jnp.log(2 * jnp.pi * jnp.e * var))
+    log_pi = model.pi_log_prob(params, jnp.broadcast_to(z, (actions.shape[0],) + z.shape), actions, task)
+    return -jnp.sum(weights * log_pi) - entropy_q
 
 
 class TDMPC2:
@@ -128,13 +143,16 @@ class TDMPC2:
         return jnp.swapaxes(actions, 0, 1)
 
     def trajectory_value(self, params: dict, z: jax.Array, actions: jax.Array, key: jax.Array,
-                         task: Any = None) -> jax.Array:
-        """sum_t gamma^t r_hat(z_t, a_t) + gamma^H * avg Q(z_H, pi(z_H)) for actions [N, H, A]."""
+                         task: Any = None, step_bonus: Any = None) -> jax.Array:
+        """sum_t gamma^t [r_hat(z_t, a_t) + bonus(z_t, a_t)] + gamma^H * avg Q(z_H, pi(z_H)), actions [N, H, A]."""
         zs = jnp.broadcast_to(z, (actions.shape[0],) + z.shape)
 
         def step(carry, a_t):
             z_t, ret, disc = carry
-            ret = ret + disc * self.model.reward_value(params, z_t, a_t, task)
+            r_t = self.model.reward_value(params, z_t, a_t, task)
+            if step_bonus is not None:
+                r_t = r_t + step_bonus(z_t, a_t)
+            ret = ret + disc * r_t
             return (self.model.next(params, z_t, a_t, task), ret, disc * self.discount), None
 
         init = (zs, jnp.zeros(actions.shape[0]), jnp.ones(()))
@@ -152,6 +170,8 @@ class TDMPC2:
         prior = self.rollout_prior(params, z, k_prior, self.cfg.planner.num_pi_trajs, task)
         value_fn = lambda actions: self.trajectory_value(params, z, actions, k_value, task)
         action, mean, aux = mppi.plan(k_plan, value_fn, prior, plan_state, self.cfg.planner, eval_mode)
+        aux["prior_divergence"] = planner_prior_divergence(self.model, params, z, aux["elites"][:, 0],
+                                                           aux["weights"], task)
         return action, mean, aux
 
     def next_plan_state(self, mean: jax.Array, episode_started: jax.Array) -> jax.Array:
@@ -170,7 +190,7 @@ class TDMPC2:
         cfg, two_hot, task = self.cfg, self.model.cfg.two_hot, batch.get("task")
         k_td, k_drop = jax.random.split(key)
         next_z, td = jax.lax.stop_gradient(self._td_targets(params, target_qs, batch, k_td))
-        mask = _sequence_mask(batch["end"])
+        mask = sequence_mask(batch["end"])
         weight = (cfg.rho ** jnp.arange(cfg.horizon))[:, None] * mask  # [H, B]
 
         def roll(z, inputs):
@@ -195,9 +215,9 @@ class TDMPC2:
         all_mask = jnp.concatenate([mask, mask[-1:] * (1.0 - batch["end"][-1:])], 0)
         return total, (losses, jax.lax.stop_gradient(all_zs), all_mask)
 
-    def pi_loss(self, pi_params, params, q_scale, zs, mask, key, task=None):
+    def pi_loss(self, pi_params, params, q_scale, zs, mask, batch, key):
         """Policy prior loss: -(alpha * entropy + avg Q) / S, rho^t weighted, latents detached."""
-        cfg = self.cfg
+        cfg, task = self.cfg, batch.get("task")
         k_pi, k_q = jax.random.split(key)
         full = {**params, "pi": pi_params}
         a, aux = self.model.pi(full, zs, k_pi, task)
@@ -223,7 +243,7 @@ class TDMPC2:
 
         pi_grad_fn = jax.value_and_grad(self.pi_loss, has_aux=True)
         (pi_loss, (q_scale, entropy)), pi_grads = pi_grad_fn(
-            params["pi"], params, state.q_scale, zs, mask, k_pi, batch.get("task"))
+            params["pi"], params, state.q_scale, zs, mask, batch, k_pi)
         pi_updates, pi_opt = self.pi_tx.update(pi_grads, state.pi_opt, params["pi"])
         params = {**params, "pi": optax.apply_updates(params["pi"], pi_updates)}
         target_qs = optax.incremental_update(params["qs"], state.target_qs, self.cfg.tau)

@@ -1,7 +1,9 @@
 """On-device replay of transitions, sampled as fixed-length sequences (flashbax trajectory buffer).
 
 Each env writes one transition per step into its own row of the buffer's time axis. A stored
-transition is {obs, action, reward, next_obs, done, end}: `next_obs` is the env's `final_obs` (the
+transition is {obs, action, reward, next_obs, done, end, plan_action, planned}: `plan_action` is
+the planner's choice before exploration noise (what a prior is distilled towards), `planned` is 0
+for the random actions of the seed phase, `next_obs` is the env's `final_obs` (the
 true successor even when the env auto-reset) and `end` marks termination or truncation, so a
 sampled sequence that crosses an episode boundary is masked from that point on by the learner.
 """
@@ -36,12 +38,17 @@ def example_transition(spec: EnvSpec) -> dict[str, jax.Array]:
         "next_obs": jnp.zeros(spec.obs_size, jnp.float32),
         "done": jnp.zeros((), jnp.float32),
         "end": jnp.zeros((), jnp.float32),
+        "plan_action": jnp.zeros(spec.action_size, jnp.float32),
+        "planned": jnp.zeros((), jnp.float32),
     }
 
 
-def transition(prev: EnvState, action: jax.Array, nxt: EnvState) -> dict[str, jax.Array]:
+def transition(prev: EnvState, action: jax.Array, nxt: EnvState, plan_action: jax.Array,
+               planned: jax.Array) -> dict[str, jax.Array]:
     """The batch of transitions produced by stepping `prev` with `action` into `nxt`."""
     return {
+        "plan_action": plan_action,
+        "planned": jnp.broadcast_to(planned.astype(jnp.float32), nxt.reward.shape),
         "obs": prev.obs,
         "action": action,
         "reward": nxt.reward,

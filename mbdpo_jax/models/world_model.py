@@ -142,22 +142,34 @@ class WorldModel:
             return self.q_net.apply(variables, za)
         return self.q_net.apply(variables, za, False, rngs={"dropout": dropout_key})
 
-    def pi(self, params: Params, z: jax.Array, key: jax.Array, task: jax.Array | None = None,
-           action_mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Sample a tanh-squashed Gaussian action; aux has 'mean' (tanh of the mean), 'log_prob', 'entropy'."""
+    def pi_distribution(self, params: Params, z: jax.Array, task: jax.Array | None = None
+                        ) -> tuple[jax.Array, jax.Array]:
+        """Pre-tanh Gaussian (mean, log_std) of the policy prior, log_std squashed into [min, max]."""
         cfg = self.cfg
         out = self.pi_net.apply({"params": params["pi"]}, self._with_task(params, z, task))
         mean, raw_log_std = jnp.split(out, 2, axis=-1)
         log_std = cfg.log_std_min + 0.5 * (cfg.log_std_max - cfg.log_std_min) * (jnp.tanh(raw_log_std) + 1)
+        return mean, log_std
+
+    def pi(self, params: Params, z: jax.Array, key: jax.Array, task: jax.Array | None = None,
+           action_mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Sample a tanh-squashed Gaussian action; aux has 'mean' (tanh of the mean), 'log_prob', 'entropy'."""
+        mean, log_std = self.pi_distribution(params, z, task)
         mask = jnp.ones_like(mean) if action_mask is None else jnp.broadcast_to(action_mask, mean.shape)
         eps = jax.random.normal(key, mean.shape)
-        pre_tanh = mean + eps * jnp.exp(log_std)
-        gauss_log_prob = jnp.sum(mask * (-0.5 * eps**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)), -1)
-        action = jnp.tanh(pre_tanh)
-        squash_correction = jnp.sum(mask * jnp.log(jax.nn.relu(1 - action**2) + 1e-6), -1)
-        log_prob = gauss_log_prob - squash_correction
+        action = jnp.tanh(mean + eps * jnp.exp(log_std))
+        log_prob = _squashed_log_prob(eps, log_std, action, mask)
         aux = {"mean": jnp.tanh(mean) * mask, "log_prob": log_prob, "entropy": -log_prob}
         return action * mask, aux
+
+    def pi_log_prob(self, params: Params, z: jax.Array, action: jax.Array, task: jax.Array | None = None,
+                    action_mask: jax.Array | None = None) -> jax.Array:
+        """log pi(action | z) of given actions in (-1, 1) (clipped slightly inside for atanh)."""
+        mean, log_std = self.pi_distribution(params, z, task)
+        mask = jnp.ones_like(mean) if action_mask is None else jnp.broadcast_to(action_mask, mean.shape)
+        action = jnp.clip(action, -0.999, 0.999)
+        eps = (jnp.arctanh(action) - mean) / jnp.exp(log_std)
+        return _squashed_log_prob(eps, log_std, action, mask)
 
     # ---- derived quantities -----------------------------------------------------------------
     def q_value(self, params: Params, z: jax.Array, a: jax.Array, key: jax.Array, task: jax.Array | None = None,
@@ -170,6 +182,12 @@ class WorldModel:
 
     def reward_value(self, params: Params, z: jax.Array, a: jax.Array, task: jax.Array | None = None) -> jax.Array:
         return self.cfg.two_hot.decode(self.reward(params, z, a, task))
+
+
+def _squashed_log_prob(eps: jax.Array, log_std: jax.Array, action: jax.Array, mask: jax.Array) -> jax.Array:
+    """Log density of tanh(mean + std * eps) at `action`, summed over unmasked dimensions."""
+    gauss = jnp.sum(mask * (-0.5 * eps**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)), -1)
+    return gauss - jnp.sum(mask * jnp.log(jax.nn.relu(1 - action**2) + 1e-6), -1)
 
 
 def count_params(tree: Any) -> int:

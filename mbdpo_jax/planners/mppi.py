@@ -59,7 +59,8 @@ def plan(
       prior_actions: [num_pi_trajs, H, A] sequences from the policy prior (first candidates).
       prev_mean: [H, A] warm start, already shifted by one step by the caller (zeros at episode start).
     Returns:
-      (first action [A], final mean [H, A] for the next warm start, aux with 'std' and 'value').
+      (first action [A], final mean [H, A] for the next warm start, aux with 'std', 'value',
+       'plan_action' (the executed action before exploration noise), 'elites' and their 'weights').
     """
     horizon, action_size = prev_mean.shape
     num_random = cfg.num_samples - cfg.num_pi_trajs
@@ -84,10 +85,11 @@ def plan(
     (mean, std, elites, elite_values), _ = jax.lax.scan(refit, init, jax.random.split(k_iter, cfg.iterations))
     # TD-MPC2 executes one elite drawn by its weight, not the mean.
     pick = jax.random.categorical(k_pick, cfg.temperature * (elite_values - elite_values.max()))
-    action = elites[pick, 0]
+    action = plan_action = elites[pick, 0]
     if not eval_mode:
         action = action + std[0] * jax.random.normal(k_noise, action.shape)
-    aux = {"std": std, "value": elite_values[pick]}
+    aux = {"std": std, "value": elite_values[pick], "plan_action": plan_action, "elites": elites,
+           "weights": elite_weights(elite_values, cfg.temperature)}
     return jnp.clip(action, -1.0, 1.0), mean, aux
 
 

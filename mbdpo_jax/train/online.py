@@ -102,20 +102,25 @@ class OnlineTrainer:
         )
 
     # ---- one chunk --------------------------------------------------------------------------
-    def _act(self, carry: Carry, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Planner actions for all envs, or uniform random ones during the seed phase."""
+    def _act(self, carry: Carry, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """(actions, planner warm starts, plan actions, planned flag) for all envs; uniform random
+        actions during the seed phase."""
         n, a = self.cfg.num_envs, self.env.spec.action_size
         k_rand, k_plan = jax.random.split(key)
+        seeding = carry.env_steps < self.cfg.seed_steps
 
         def planned(_):
             keys = jax.random.split(k_plan, n)
-            act = jax.vmap(lambda o, p, k: self.agent.act(carry.agent, o, p, k, False)[:2])
-            return act(carry.env.obs, carry.plan, keys)
+            actions, means, aux = jax.vmap(lambda o, p, k: self.agent.act(carry.agent, o, p, k, False))(
+                carry.env.obs, carry.plan, keys)
+            return actions, means, aux["plan_action"]
 
         def random(_):
-            return jax.random.uniform(k_rand, (n, a), minval=-1.0, maxval=1.0), carry.plan
+            actions = jax.random.uniform(k_rand, (n, a), minval=-1.0, maxval=1.0)
+            return actions, carry.plan, actions
 
-        return jax.lax.cond(carry.env_steps < self.cfg.seed_steps, random, planned, None)
+        actions, means, plan_actions = jax.lax.cond(seeding, random, planned, None)
+        return actions, means, plan_actions, ~seeding
 
     def _learn(self, agent_state: Any, buffer_state: Any, key: jax.Array) -> tuple[Any, dict]:
         def one(state, k):
@@ -133,9 +138,10 @@ class OnlineTrainer:
 
     def _iteration(self, carry: Carry, index: jax.Array) -> tuple[Carry, dict]:
         key, k_act, k_learn = jax.random.split(carry.key, 3)
-        actions, means = self._act(carry, k_act)
+        actions, means, plan_actions, planned = self._act(carry, k_act)
         env_state = step_batch(self.env, carry.env, actions)
-        buffer_state = replay.add_step(self.buffer, carry.buffer, replay.transition(carry.env, actions, env_state))
+        step = replay.transition(carry.env, actions, env_state, plan_actions, planned)
+        buffer_state = replay.add_step(self.buffer, carry.buffer, step)
         episode_started = jnp.maximum(env_state.done, env_state.truncation) > 0
         plan = jax.vmap(self.agent.next_plan_state)(means, episode_started)
         env_steps = carry.env_steps + self.cfg.num_envs
@@ -159,25 +165,30 @@ class OnlineTrainer:
         return carry, averaged
 
     # ---- evaluation -------------------------------------------------------------------------
-    def evaluate(self, agent_state: Any, key: jax.Array) -> jax.Array:
-        """Mean undiscounted return of `eval_episodes` episodes (in parallel), planner in eval mode."""
+    def evaluate(self, agent_state: Any, key: jax.Array) -> dict[str, jax.Array]:
+        """Run `eval_episodes` episodes in parallel with the planner in eval mode (no exploration noise).
+
+        Returns 'eval_return' (mean undiscounted return of the first episode of each env) and, when
+        the agent reports one, 'eval_prior_divergence' (mean over the episodes' steps).
+        """
         n = self.cfg.eval_episodes
         k_reset, k_run = jax.random.split(key)
-        env0 = reset_batch(self.env, k_reset, n)
-        plan0 = jnp.broadcast_to(self.agent.initial_plan_state(), (n,) + self.agent.initial_plan_state().shape)
+        plan0 = self.agent.initial_plan_state()
+        init = (reset_batch(self.env, k_reset, n), jnp.broadcast_to(plan0, (n,) + plan0.shape), jnp.zeros(n),
+                jnp.zeros(n))
 
         def step(carry, k):
             env_state, plan, returns, finished = carry
             keys = jax.random.split(k, n)
-            actions, means = jax.vmap(lambda o, p, kk: self.agent.act(agent_state, o, p, kk, True)[:2])(
+            actions, means, aux = jax.vmap(lambda o, p, kk: self.agent.act(agent_state, o, p, kk, True))(
                 env_state.obs, plan, keys)
             env_state = step_batch(self.env, env_state, actions)
             returns = returns + env_state.reward * (1.0 - finished)
             ended = jnp.maximum(env_state.done, env_state.truncation)
             plan = jax.vmap(self.agent.next_plan_state)(means, ended > 0)
-            return (env_state, plan, returns, jnp.maximum(finished, ended)), None
+            divergence = aux.get("prior_divergence", jnp.zeros(n)).mean()
+            return (env_state, plan, returns, jnp.maximum(finished, ended)), divergence
 
-        init = (env0, plan0, jnp.zeros(n), jnp.zeros(n))
         steps = self.env.spec.episode_length
-        (_, _, returns, _), _ = jax.lax.scan(step, init, jax.random.split(k_run, steps))
-        return returns.mean()
+        (_, _, returns, _), divergence = jax.lax.scan(step, init, jax.random.split(k_run, steps))
+        return {"eval_return": returns.mean(), "eval_prior_divergence": divergence.mean()}

@@ -72,8 +72,12 @@ def run_online(cfg: OnlineConfig) -> Path:
     logger = MetricsLogger(run_dir)
     restored = checkpoint.restore_latest_good(ckpt_dir, carry)
     if restored is None:
-        eval_return = float(evaluate(carry.agent, jax.random.fold_in(eval_key, 0)))
-        logger.write({"env_steps": 0, "wall_time": 0.0, "eval_return": eval_return})
+        evaluation = _floats(evaluate(carry.agent, jax.random.fold_in(eval_key, 0)))
+        eval_return = evaluation["eval_return"]
+        # The first row fixes the CSV columns, so it names every metric (empty until measured).
+        metric_names = jax.eval_shape(trainer.train_chunk, carry)[1]
+        logger.write({"env_steps": 0, "wall_time": 0.0, **evaluation, "env_steps_per_s": None,
+                      **{k: None for k in metric_names}})
         checkpoint.save(ckpt_dir, 0, carry)
         wall_offset = 0.0
     else:
@@ -86,14 +90,14 @@ def run_online(cfg: OnlineConfig) -> Path:
         while int(carry.env_steps) < cfg.steps:
             t0, steps0 = time.perf_counter(), int(carry.env_steps)
             carry, metrics = train_chunk(carry)
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            metrics = _floats(metrics)
             env_steps = int(carry.env_steps)
             check_finite(metrics, env_steps)
-            eval_return = float(evaluate(carry.agent, jax.random.fold_in(eval_key, env_steps)))
+            evaluation = _floats(evaluate(carry.agent, jax.random.fold_in(eval_key, env_steps)))
+            eval_return = evaluation["eval_return"]
             chunk_seconds = time.perf_counter() - t0
             row = {"env_steps": env_steps, "wall_time": round(wall_offset + time.perf_counter() - start, 3),
-                   "eval_return": eval_return, "env_steps_per_s": round((env_steps - steps0) / chunk_seconds, 2),
-                   **metrics}
+                   **evaluation, "env_steps_per_s": round((env_steps - steps0) / chunk_seconds, 2), **metrics}
             logger.write(row)
             checkpoint.save(ckpt_dir, env_steps, carry)
             bar.update(env_steps - steps0)
@@ -103,6 +107,10 @@ def run_online(cfg: OnlineConfig) -> Path:
         logger.close()
     plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")
     return run_dir
+
+
+def _floats(tree: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(tree).items()}
 
 
 def _last_logged(run_dir: Path) -> tuple[float, float]:

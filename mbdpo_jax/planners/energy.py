@@ -1,0 +1,86 @@
+"""Real-vs-generated classifiers used as implicit energies.
+
+MBDPO's F(z, a) scores how much an action looks like the data at latent z: positives are replay
+actions, negatives the hardest of {pi(z), pi(z) + 0.5 eps, uniform} (the one F currently likes
+most). Its logits, normalised by an EMA of their mean and variance and clipped, enter the planning
+objective with weight eta.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from mbdpo_jax.nn.layers import MLP
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyConfig:
+    hidden: tuple[int, ...] = (256, 256)
+    lr: float = 3e-4
+    momentum: float = 0.99  # EMA of the logit statistics
+    clip: float = 5.0
+    negative_noise: float = 0.5
+
+
+@struct.dataclass
+class EnergyState:
+    params: dict
+    opt: optax.OptState
+    mean: jax.Array  # EMA of logits
+    var: jax.Array  # EMA of squared deviation
+
+
+class Energy:
+    """F(z, a) -> logit; `normalized` gives the clipped, EMA-standardised logit used in planning."""
+
+    def __init__(self, cfg: EnergyConfig, latent_dim: int, action_size: int):
+        self.cfg, self.latent_dim, self.action_size = cfg, latent_dim, action_size
+        self.net = MLP(cfg.hidden, 1)
+        self.tx = optax.chain(optax.clip_by_global_norm(20.0), optax.adam(cfg.lr))
+
+    def init(self, key: jax.Array) -> EnergyState:
+        params = self.net.init(key, jnp.zeros((1, self.latent_dim + self.action_size)))["params"]
+        return EnergyState(params, self.tx.init(params), jnp.zeros(()), jnp.ones(()))
+
+    def logit(self, params: dict, z: jax.Array, a: jax.Array) -> jax.Array:
+        return self.net.apply({"params": params}, jnp.concatenate([z, a], -1))[..., 0]
+
+    def normalized(self, state: EnergyState, z: jax.Array, a: jax.Array) -> jax.Array:
+        f = (self.logit(state.params, z, a) - state.mean) / jnp.sqrt(state.var + 1e-6)
+        return jnp.clip(f, -self.cfg.clip, self.cfg.clip)
+
+    def hard_negatives(self, params: dict, z: jax.Array, prior_action: jax.Array, key: jax.Array) -> jax.Array:
+        """Per sample, the candidate among {pi(z), pi(z) + noise, uniform} with the highest logit."""
+        k_noise, k_unif = jax.random.split(key)
+        noisy = jnp.clip(prior_action + self.cfg.negative_noise * jax.random.normal(k_noise, prior_action.shape),
+                         -1.0, 1.0)
+        uniform = jax.random.uniform(k_unif, prior_action.shape, minval=-1.0, maxval=1.0)
+        candidates = jnp.stack([prior_action, noisy, uniform])  # [3, ..., A]
+        logits = jax.lax.stop_gradient(self.logit(params, z[None], candidates))
+        best = jnp.argmax(logits, axis=0)
+        return jnp.take_along_axis(candidates, best[None, ..., None], axis=0)[0]
+
+    def loss(self, params: dict, z: jax.Array, real: jax.Array, fake: jax.Array, weight: jax.Array):
+        """Weighted binary cross-entropy, real actions labelled 1 and negatives 0."""
+        pos, neg = self.logit(params, z, real), self.logit(params, z, fake)
+        bce = optax.sigmoid_binary_cross_entropy(pos, 1.0) + optax.sigmoid_binary_cross_entropy(neg, 0.0)
+        loss = jnp.sum(weight * bce) / jnp.maximum(weight.sum(), 1.0)
+        accuracy = jnp.sum(weight * 0.5 * ((pos > 0) + (neg < 0))) / jnp.maximum(weight.sum(), 1.0)
+        return loss, (jnp.concatenate([pos.ravel(), neg.ravel()]), accuracy)
+
+    def update(self, state: EnergyState, z: jax.Array, real: jax.Array, prior_action: jax.Array,
+               weight: jax.Array, key: jax.Array) -> tuple[EnergyState, dict]:
+        """One BCE step against hard negatives, then the EMA of the logit statistics."""
+        fake = self.hard_negatives(state.params, z, prior_action, key)
+        (loss, (logits, accuracy)), grads = jax.value_and_grad(self.loss, has_aux=True)(
+            state.params, z, real, fake, weight)
+        updates, opt = self.tx.update(grads, state.opt, state.params)
+        m = self.cfg.momentum
+        mean = m * state.mean + (1 - m) * logits.mean()
+        var = m * state.var + (1 - m) * jnp.mean((logits - mean) ** 2)
+        new = EnergyState(optax.apply_updates(state.params, updates), opt, mean, var)
+        return new, {"energy_loss": loss, "energy_accuracy": accuracy}
