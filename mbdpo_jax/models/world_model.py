@@ -87,6 +87,8 @@ class WorldModel:
         self.reward_net = MLP(two, cfg.num_bins, zero_last=True)
         self.pi_net = MLP(two, 2 * cfg.action_size)
         self.q_net = Ensemble(cfg.num_q, two, cfg.num_bins, dropout=cfg.q_dropout, zero_last=True)
+        # Same network restricted to two heads: value estimates use two random Qs, so only those run.
+        self.q_pair_net = Ensemble(2, two, cfg.num_bins, dropout=cfg.q_dropout, zero_last=True)
 
     # ---- parameters -------------------------------------------------------------------------
     def init(self, key: jax.Array) -> Params:
@@ -175,9 +177,10 @@ class WorldModel:
     def q_value(self, params: Params, z: jax.Array, a: jax.Array, key: jax.Array, task: jax.Array | None = None,
                 qs_params: Any = None, reduce: str = "avg") -> jax.Array:
         """Scalar value from two randomly chosen Q heads: their mean ('avg') or minimum ('min')."""
-        logits = self.Q(params, z, a, task, qs_params=qs_params)
         idx = jax.random.choice(key, self.cfg.num_q, (2,), replace=False)
-        values = self.cfg.two_hot.decode(logits[idx])
+        pair = jax.tree.map(lambda p: p[idx], params["qs"] if qs_params is None else qs_params)
+        za = self._with_task(params, jnp.concatenate([z, a], -1), task)
+        values = self.cfg.two_hot.decode(self.q_pair_net.apply({"params": pair}, za))
         return values.mean(0) if reduce == "avg" else values.min(0)
 
     def reward_value(self, params: Params, z: jax.Array, a: jax.Array, task: jax.Array | None = None) -> jax.Array:

@@ -25,7 +25,7 @@ from mbdpo_jax.train.online import LoopConfig, OnlineTrainer
 from mbdpo_jax.train.run_dir import checkpoints_dir, prepare_run_dir
 
 WALL_CLOCK_COLUMNS = ("wall_time", "env_steps_per_s")
-RESUMABLE_CHANGES = ("steps", "progress")
+RESUMABLE_CHANGES = ("progress",)
 
 
 class NonFiniteLossError(FloatingPointError):
