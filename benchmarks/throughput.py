@@ -36,9 +36,14 @@ class BenchConfig:
     batch_size: int = 256
     updates_per_step: float = 1.0
     iterations: int = 6
+    """MPPI iterations (tdmpc2)."""
+    diffusion_steps: int = 20
+    """Reverse-diffusion steps (mbdpo)."""
     num_samples: int = 512
     num_elites: int = 64
     num_pi_trajs: int = 24
+    use_energy: bool = True
+    """mbdpo: include the implicit energy in planning and updates."""
     physics_steps: int = 200
     """Steps per timed physics call (each env)."""
     chunk_steps: int = 64
@@ -70,10 +75,9 @@ def device_info() -> dict:
 
 
 def measure(b: BenchConfig) -> dict:
-    online = OnlineConfig(algo=b.algo, env=b.env, num_envs=b.num_envs, model_size=b.model_size,
-                          batch_size=b.batch_size, updates_per_step=b.updates_per_step, iterations=b.iterations,
-                          num_samples=b.num_samples, num_elites=b.num_elites, num_pi_trajs=b.num_pi_trajs,
-                          eval_every=b.chunk_steps, seed_steps=0, buffer_size=max(10_000, b.chunk_steps * 4))
+    shared = {f.name for f in dataclasses.fields(OnlineConfig)} & {f.name for f in dataclasses.fields(BenchConfig)}
+    online = OnlineConfig(**{name: getattr(b, name) for name in shared}, eval_every=b.chunk_steps, seed_steps=0,
+                          buffer_size=max(10_000, b.chunk_steps * 4))
     trainer = build_trainer(online)
     env, agent, n = trainer.env, trainer.agent, b.num_envs
     key = jax.random.PRNGKey(0)

@@ -60,7 +60,8 @@ class Pendulum:
         accel = 3 * self.g / (2 * self.l) * jnp.sin(th) + 3.0 / (self.m * self.l**2) * u
         new_thdot = jnp.clip(thdot + accel * self.dt, -self.max_speed, self.max_speed)
         inner = jnp.stack([th + new_thdot * self.dt, new_thdot])
-        return state.replace(inner=inner, obs=self._obs(inner), reward=-cost.astype(state.reward.dtype),
+        reward = -cost.astype(state.reward.dtype)
+        return state.replace(inner=inner, obs=self._obs(inner), reward=reward,
                              done=jnp.zeros_like(state.done))
 
 
@@ -97,7 +98,8 @@ class PointMass:
         pos = inner["pos"] + self.dt * vel
         dist = jnp.sqrt(jnp.sum((pos - inner["goal"]) ** 2) + self.eps**2)
         inner = {"pos": pos, "vel": vel, "goal": inner["goal"]}
-        return state.replace(inner=inner, obs=self._obs(inner), reward=-dist.astype(state.reward.dtype),
+        reward = -dist.astype(state.reward.dtype)
+        return state.replace(inner=inner, obs=self._obs(inner), reward=reward,
                              done=jnp.zeros_like(state.done))
 
 

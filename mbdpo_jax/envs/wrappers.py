@@ -26,7 +26,12 @@ def strip_weak_type(tree: Any) -> Any:
     Weakly typed leaves (from Python scalars) would otherwise make reset and step states differ
     in type, which breaks `lax.scan` carries and causes recompiles.
     """
-    return jax.tree.map(lambda x: jnp.asarray(x).astype(jnp.asarray(x).dtype), tree)
+
+    def strong(x: Any) -> jax.Array:
+        x = jnp.asarray(x)
+        return x.astype(x.dtype) if x.weak_type else x
+
+    return jax.tree.map(strong, tree)
 
 
 def initial_state(inner: Any, obs: jax.Array, key: jax.Array) -> EnvState:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-ALGORITHMS = ("tdmpc2",)
+ALGORITHMS = ("mbdpo", "tdmpc2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,8 +14,8 @@ class OnlineConfig:
     Env steps count agent steps (transitions); each is `action_repeat` control steps of the env.
     """
 
-    algo: str = "tdmpc2"
-    """Algorithm: one of tdmpc2."""
+    algo: str = "mbdpo"
+    """Algorithm: mbdpo (reverse-diffusion planning) or tdmpc2 (MPPI planning)."""
     env: str = "dmc/cartpole-swingup"
     """Environment name, see `mbdpo_jax.envs.names()`."""
     steps: int = 100_000
@@ -42,11 +42,28 @@ class OnlineConfig:
     """None means the env family's default (2 for dmc/, 1 otherwise)."""
     lr: float = 3e-4
     iterations: int = 6
-    """Planner iterations (MPPI)."""
+    """MPPI iterations (tdmpc2)."""
+    diffusion_steps: int = 20
+    """Reverse-diffusion steps K (mbdpo)."""
+    beta_start: float = 1e-4
+    """First beta of the linear noise schedule (mbdpo)."""
+    beta_end: float = 1e-2
+    """Last beta of the linear noise schedule (mbdpo)."""
     num_samples: int = 512
+    """Candidate action sequences per planner iteration / diffusion step."""
     num_elites: int = 64
     num_pi_trajs: int = 24
+    """Candidates proposed by rolling out the policy prior."""
     temperature: float = 0.5
+    """MPPI temperature (tdmpc2) / lambda of exp(J / lambda) (mbdpo)."""
+    exploration_std: float = 0.05
+    """Gaussian noise added to the executed action while training (mbdpo)."""
+    use_energy: bool = True
+    """Train the implicit energy F(z, a) and add eta * F to the planning objective (mbdpo)."""
+    eta: float = 0.01
+    """Weight of the normalised energy in the planning objective (mbdpo)."""
+    distill_coef: float = 0.1
+    """Weight of distilling the planner's actions into the policy prior (mbdpo)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -62,10 +79,15 @@ class OnlineConfig:
         if self.model_size not in PRESETS:
             raise ValueError(f"unknown model size {self.model_size!r}; allowed: {', '.join(PRESETS)}")
         positive = ["steps", "num_envs", "batch_size", "horizon", "buffer_size", "eval_every", "eval_episodes",
-                    "iterations", "num_samples", "num_elites"]
+                    "iterations", "diffusion_steps", "num_samples", "num_elites"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise ValueError(f"need 0 < beta-start ({self.beta_start}) <= beta-end ({self.beta_end}) < 1")
+        if self.eta < 0 or self.distill_coef < 0 or self.exploration_std < 0 or self.temperature <= 0:
+            raise ValueError(f"need eta ({self.eta}), distill-coef ({self.distill_coef}), exploration-std "
+                             f"({self.exploration_std}) >= 0 and temperature ({self.temperature}) > 0")
         if self.updates_per_step <= 0 or self.lr <= 0:
             raise ValueError(f"updates-per-step and lr must be > 0, got {self.updates_per_step} and {self.lr}")
         if self.seed_steps is not None and self.seed_steps < 0:
