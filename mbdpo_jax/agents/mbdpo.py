@@ -45,8 +45,8 @@ class MBDPOState:
 class MBDPO(TDMPC2):
     """MBDPO agent; same pure-function interface as TDMPC2."""
 
-    def __init__(self, cfg: MBDPOConfig, spec: EnvSpec):
-        super().__init__(cfg, spec)
+    def __init__(self, cfg: MBDPOConfig, spec: EnvSpec, action_masks: Any = None):
+        super().__init__(cfg, spec, action_masks)
         self.energy = Energy(cfg.energy, self.model.cfg.latent_dim, spec.action_size)
 
     def init(self, key: jax.Array) -> MBDPOState:
@@ -67,8 +67,10 @@ class MBDPO(TDMPC2):
         z = self.model.encode(params, obs, task)
         prior = self.rollout_prior(params, z, k_prior, self.cfg.planner.num_pi_trajs, task)
         bonus = self.energy_bonus(state.energy)
-        value_fn = lambda actions: self.trajectory_value(params, z, actions, k_value, task, bonus)
+        mask = self.model.action_mask(task)
+        value_fn = lambda actions: self.trajectory_value(params, z, actions * mask, k_value, task, bonus)
         action, plan, aux = mbd.plan(k_plan, value_fn, prior, plan_state, self.cfg.planner, eval_mode)
+        action, aux["plan_action"] = action * mask, aux["plan_action"] * mask
         aux["prior_divergence"] = planner_prior_divergence(self.model, params, z, aux["elites"][:, 0],
                                                            aux["weights"], task)
         return action, plan, aux

@@ -97,12 +97,14 @@ def planner_prior_divergence(model: WorldModel, params: dict, z: jax.Array, acti
 class TDMPC2:
     """TD-MPC2 agent: static config + env spec; all methods are pure."""
 
-    def __init__(self, cfg: TDMPC2Config, spec: EnvSpec):
+    def __init__(self, cfg: TDMPC2Config, spec: EnvSpec, action_masks: Any = None):
+        """action_masks: [num_tasks, action_size] real-action-dimension masks of a multi-task agent."""
         cfg.validate()
         self.cfg = cfg
         self.spec = spec
         self.model = WorldModel(
-            WorldModelConfig.from_preset(cfg.model_size, spec.obs_size, spec.action_size, num_tasks=cfg.num_tasks)
+            WorldModelConfig.from_preset(cfg.model_size, spec.obs_size, spec.action_size, num_tasks=cfg.num_tasks),
+            action_masks,
         )
         self.discount = cfg.discount if cfg.discount is not None else discount_from_episode_length(spec.episode_length)
         self.model_tx = optax.chain(
@@ -168,8 +170,10 @@ class TDMPC2:
         k_prior, k_value, k_plan = jax.random.split(key, 3)
         z = self.model.encode(params, obs, task)
         prior = self.rollout_prior(params, z, k_prior, self.cfg.planner.num_pi_trajs, task)
-        value_fn = lambda actions: self.trajectory_value(params, z, actions, k_value, task)
+        mask = self.model.action_mask(task)
+        value_fn = lambda actions: self.trajectory_value(params, z, actions * mask, k_value, task)
         action, mean, aux = mppi.plan(k_plan, value_fn, prior, plan_state, self.cfg.planner, eval_mode)
+        action, aux["plan_action"] = action * mask, aux["plan_action"] * mask
         aux["prior_divergence"] = planner_prior_divergence(self.model, params, z, aux["elites"][:, 0],
                                                            aux["weights"], task)
         return action, mean, aux

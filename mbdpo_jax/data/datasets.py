@@ -315,7 +315,7 @@ class MultiTaskData:
     """Segments of one or more datasets, padded to common sizes, as device arrays.
 
     obs/next_obs [N, L, max_obs], action [N, L, max_action], reward/done/end [N, L] for N segments
-    of L steps; task [N] int32 (index of the source dataset); action_mask [num_tasks, max_action]
+    of L steps; task [N] int32 (index of the segment's env in task_names); action_mask [num_tasks, max_action]
     (1 for a task's real action dims, 0 for padding). Per-task facts are static tuples.
     """
 
@@ -348,23 +348,42 @@ class MultiTaskData:
 
 def mix(datasets: Sequence[Dataset], segment_length: int) -> MultiTaskData:
     """Cut every dataset's rows into segments of `segment_length` steps (dropping each row's remainder),
-    zero-pad obs/next_obs and action to the largest sizes, and stack all segments with task ids."""
+    zero-pad obs/next_obs and action to the largest sizes, and stack all segments with task ids.
+
+    A task is an env: datasets of the same env (say random, medium and expert data) share a task id,
+    numbered in order of first appearance.
+    """
     if not datasets:
         raise DatasetError("mix needs at least one dataset")
     if segment_length < 1:
         raise DatasetError(f"segment_length must be >= 1, got {segment_length}")
+    tasks = _tasks_by_env(datasets)
     max_obs = max(d.obs_size for d in datasets)
     max_action = max(d.action_size for d in datasets)
     parts = [_segments(d, segment_length, max_obs, max_action) for d in datasets]
     fields = {name: np.concatenate([p[name] for p in parts]) for name in FIELDS}
-    task = np.concatenate([np.full(len(p["reward"]), i, np.int32) for i, p in enumerate(parts)])
-    mask = np.stack([(np.arange(max_action) < d.action_size).astype(np.float32) for d in datasets])
+    names = list(tasks)
+    task = np.concatenate([np.full(len(p["reward"]), names.index(d.env), np.int32) for d, p in zip(datasets, parts)])
+    firsts = list(tasks.values())
+    mask = np.stack([(np.arange(max_action) < d.action_size).astype(np.float32) for d in firsts])
     return MultiTaskData(
         **{name: jnp.asarray(x) for name, x in fields.items()}, task=jnp.asarray(task), action_mask=jnp.asarray(mask),
-        task_names=tuple(d.env for d in datasets), obs_sizes=tuple(d.obs_size for d in datasets),
-        action_sizes=tuple(d.action_size for d in datasets),
-        episode_lengths=tuple(d.episode_length for d in datasets),
-        action_repeats=tuple(d.action_repeat for d in datasets))
+        task_names=tuple(names), obs_sizes=tuple(d.obs_size for d in firsts),
+        action_sizes=tuple(d.action_size for d in firsts),
+        episode_lengths=tuple(d.episode_length for d in firsts),
+        action_repeats=tuple(d.action_repeat for d in firsts))
+
+
+def _tasks_by_env(datasets: Sequence[Dataset]) -> dict[str, Dataset]:
+    """First dataset of each env, in order; datasets of one env must agree on its sizes."""
+    tasks: dict[str, Dataset] = {}
+    for d in datasets:
+        first = tasks.setdefault(d.env, d)
+        facts = lambda x: (x.obs_size, x.action_size, x.episode_length, x.action_repeat)
+        if facts(d) != facts(first):
+            raise DatasetError(f"datasets {first.path} and {d.path} are both {d.env!r} but disagree on "
+                               f"(obs_size, action_size, episode_length, action_repeat): {facts(first)} vs {facts(d)}")
+    return tasks
 
 
 def _segments(data: Dataset, length: int, max_obs: int, max_action: int) -> dict[str, np.ndarray]:

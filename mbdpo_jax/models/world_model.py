@@ -77,8 +77,11 @@ class WorldModelConfig:
 class WorldModel:
     """Pure-function world model; the instance holds only static configuration."""
 
-    def __init__(self, cfg: WorldModelConfig):
+    def __init__(self, cfg: WorldModelConfig, action_masks: Any = None):
+        """action_masks: optional [num_tasks, action_size] 0/1 array of each task's real action dims
+        (multi-task models zero-pad actions to the largest task)."""
         self.cfg = cfg
+        self.action_masks = None if action_masks is None else jnp.asarray(action_masks, jnp.float32)
         act = functools.partial(simnorm, group_size=cfg.simnorm_dim)
         enc_hidden = [cfg.enc_dim] * max(cfg.num_enc_layers - 1, 1)
         two = [cfg.mlp_dim] * 2
@@ -122,6 +125,12 @@ class WorldModel:
         emb = jnp.broadcast_to(emb, x.shape[:-1] + emb.shape[-1:])
         return jnp.concatenate([x, emb], axis=-1)
 
+    def action_mask(self, task: jax.Array | None) -> jax.Array:
+        """The 0/1 mask of real action dimensions for `task` (all ones for single-task models)."""
+        if self.action_masks is None or task is None:
+            return jnp.ones(self.cfg.action_size)
+        return self.action_masks[task]
+
     # ---- components -------------------------------------------------------------------------
     def encode(self, params: Params, obs: jax.Array, task: jax.Array | None = None) -> jax.Array:
         return self.encoder_net.apply({"params": params["encoder"]}, self._with_task(params, obs, task))
@@ -157,18 +166,24 @@ class WorldModel:
            action_mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Sample a tanh-squashed Gaussian action; aux has 'mean' (tanh of the mean), 'log_prob', 'entropy'."""
         mean, log_std = self.pi_distribution(params, z, task)
-        mask = jnp.ones_like(mean) if action_mask is None else jnp.broadcast_to(action_mask, mean.shape)
+        mask = self._mask_like(mean, task, action_mask)
         eps = jax.random.normal(key, mean.shape)
         action = jnp.tanh(mean + eps * jnp.exp(log_std))
         log_prob = _squashed_log_prob(eps, log_std, action, mask)
         aux = {"mean": jnp.tanh(mean) * mask, "log_prob": log_prob, "entropy": -log_prob}
         return action * mask, aux
 
+    def _mask_like(self, mean: jax.Array, task: jax.Array | None, action_mask: jax.Array | None) -> jax.Array:
+        mask = self.action_mask(task) if action_mask is None else action_mask
+        if mask.ndim > 1 and mean.ndim > mask.ndim:  # per-sample masks [B, A] against [H, B, A]
+            mask = jnp.broadcast_to(mask, mean.shape)
+        return jnp.broadcast_to(mask, mean.shape)
+
     def pi_log_prob(self, params: Params, z: jax.Array, action: jax.Array, task: jax.Array | None = None,
                     action_mask: jax.Array | None = None) -> jax.Array:
         """log pi(action | z) of given actions in (-1, 1) (clipped slightly inside for atanh)."""
         mean, log_std = self.pi_distribution(params, z, task)
-        mask = jnp.ones_like(mean) if action_mask is None else jnp.broadcast_to(action_mask, mean.shape)
+        mask = self._mask_like(mean, task, action_mask)
         action = jnp.clip(action, -0.999, 0.999)
         eps = (jnp.arctanh(action) - mean) / jnp.exp(log_std)
         return _squashed_log_prob(eps, log_std, action, mask)

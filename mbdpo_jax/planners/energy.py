@@ -60,7 +60,8 @@ class Energy:
                          -1.0, 1.0)
         uniform = jax.random.uniform(k_unif, prior_action.shape, minval=-1.0, maxval=1.0)
         candidates = jnp.stack([prior_action, noisy, uniform])  # [3, ..., A]
-        logits = jax.lax.stop_gradient(self.logit(params, z[None], candidates))
+        zs = jnp.broadcast_to(z[None], (3,) + z.shape)
+        logits = jax.lax.stop_gradient(self.logit(params, zs, candidates))
         best = jnp.argmax(logits, axis=0)
         return jnp.take_along_axis(candidates, best[None, ..., None], axis=0)[0]
 

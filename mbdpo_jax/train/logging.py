@@ -41,8 +41,13 @@ class MetricsLogger:
     Usable as a context manager.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
-        """Opens (and repairs a torn last line of) the run's metrics.csv, if any."""
+    def __init__(self, run_dir: str | os.PathLike[str], step_key: str = STEP_KEY) -> None:
+        """Opens (and repairs a torn last line of) the run's metrics.csv, if any.
+
+        step_key: the column used as TensorBoard step and for `truncate_after` (env_steps by default,
+        updates for offline pretraining).
+        """
+        self.step_key = step_key
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.run_dir / METRICS_NAME
@@ -53,8 +58,8 @@ class MetricsLogger:
 
     def write(self, row: Mapping[str, Number | None]) -> None:
         """Appends `row` (scalar values; None or missing -> empty cell), then fsyncs."""
-        if STEP_KEY not in row or row[STEP_KEY] is None:
-            raise ValueError(f"metrics row needs '{STEP_KEY}' (the TensorBoard step); got keys {sorted(row)}")
+        if self.step_key not in row or row[self.step_key] is None:
+            raise ValueError(f"metrics row needs '{self.step_key}' (the TensorBoard step); got keys {sorted(row)}")
         cells = {key: format_number(value, key) for key, value in row.items()}
         if self.columns is None:
             self.columns = list(row)
@@ -80,9 +85,9 @@ class MetricsLogger:
         if not lines:
             return
         header = next(csv.reader([lines[0]]))
-        if STEP_KEY not in header:
-            raise ValueError(f"{self.csv_path} has no '{STEP_KEY}' column (columns: {header})")
-        step_index = header.index(STEP_KEY)
+        if self.step_key not in header:
+            raise ValueError(f"{self.csv_path} has no '{self.step_key}' column (columns: {header})")
+        step_index = header.index(self.step_key)
         kept = [lines[0]] + [line for line in lines[1:] if _row_step(line, step_index) <= env_steps]
         atomic_write(self.csv_path, "".join(kept).encode())
 
@@ -119,9 +124,9 @@ class MetricsLogger:
                 purge_step=self._purge_step,
                 filename_suffix=f".{uuid.uuid4().hex[:8]}",
             )
-        step = int(row[STEP_KEY])
+        step = int(row[self.step_key])
         for key, value in row.items():
-            if key != STEP_KEY and value is not None:
+            if key != self.step_key and value is not None:
                 self._writer.add_scalar(key, float(value), global_step=step)
         self._writer.flush()
 

@@ -18,30 +18,35 @@ import numpy as np
 
 from mbdpo_jax import envs
 from mbdpo_jax.agents import make_agent
+from mbdpo_jax.data.datasets import save_replay
 from mbdpo_jax.train import checkpoint
-from mbdpo_jax.train.config import OnlineConfig
+from mbdpo_jax.train.config import AgentOptions, LoopOptions, OnlineConfig
 from mbdpo_jax.train.logging import MetricsLogger, plot_learning_curve
 from mbdpo_jax.train.online import LoopConfig, OnlineTrainer
 from mbdpo_jax.train.run_dir import checkpoints_dir, prepare_run_dir
 
 WALL_CLOCK_COLUMNS = ("wall_time", "env_steps_per_s")
-RESUMABLE_CHANGES = ("progress",)
+RESUMABLE_CHANGES = ("progress", "save_dataset")
 
 
 class NonFiniteLossError(FloatingPointError):
     """A training metric became NaN or infinite; the run stops and keeps the last good checkpoint."""
 
 
+def loop_config(cfg: LoopOptions, agent_options: AgentOptions, spec: envs.EnvSpec) -> LoopConfig:
+    """The online loop's static settings from the experiment options."""
+    seed_steps = cfg.seed_steps if cfg.seed_steps is not None else max(1000, 5 * spec.episode_length)
+    return LoopConfig(num_envs=cfg.num_envs, steps_per_chunk=cfg.eval_every, seed_steps=seed_steps,
+                      updates_per_step=cfg.updates_per_step, buffer_size=min(cfg.buffer_size, cfg.steps),
+                      batch_size=agent_options.batch_size, horizon=agent_options.horizon,
+                      eval_episodes=cfg.eval_episodes)
+
+
 def build_trainer(cfg: OnlineConfig) -> OnlineTrainer:
     """Validate the config, make the env and agent, and wire the online loop (nothing compiles yet)."""
     cfg.validate()
     env = envs.make(cfg.env, action_repeat=cfg.action_repeat)
-    agent = make_agent(cfg, env.spec)
-    seed_steps = cfg.seed_steps if cfg.seed_steps is not None else max(1000, 5 * env.spec.episode_length)
-    loop = LoopConfig(num_envs=cfg.num_envs, steps_per_chunk=cfg.eval_every, seed_steps=seed_steps,
-                      updates_per_step=cfg.updates_per_step, buffer_size=min(cfg.buffer_size, cfg.steps),
-                      batch_size=cfg.batch_size, horizon=cfg.horizon, eval_episodes=cfg.eval_episodes)
-    return OnlineTrainer(agent, env, loop)
+    return OnlineTrainer(make_agent(cfg, env.spec), env, loop_config(cfg, cfg, env.spec))
 
 
 def check_finite(metrics: dict[str, float], env_steps: int) -> None:
@@ -51,21 +56,31 @@ def check_finite(metrics: dict[str, float], env_steps: int) -> None:
                                  f"({', '.join(f'{k}={metrics[k]}' for k in bad)}); the last good checkpoint is kept")
 
 
-def _progress_bar(cfg: OnlineConfig, initial: int):
+def _progress_bar(cfg: LoopOptions, initial: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=cfg.steps, initial=initial, disable=not cfg.progress, unit="step", dynamic_ncols=True,
-                desc=f"{cfg.algo} {cfg.env}")
+                desc=cfg.env)
 
 
 def run_online(cfg: OnlineConfig) -> Path:
     """Train (or resume) an online run; returns the run directory."""
     trainer = build_trainer(cfg)
     run_dir = prepare_run_dir(cfg.resolved_run_dir(), dataclasses.asdict(cfg), resume_keys_ignored=RESUMABLE_CHANGES)
+    return train_online(trainer, cfg, run_dir)
+
+
+def train_online(trainer: OnlineTrainer, cfg: LoopOptions, run_dir: Path, initial_agent: Any = None) -> Path:
+    """The host loop over jitted chunks in a prepared run directory, resuming from its checkpoints.
+
+    initial_agent: agent state to start from instead of a fresh one (fine-tuning); ignored on resume.
+    """
     ckpt_dir = checkpoints_dir(run_dir)
     key = jax.random.PRNGKey(cfg.seed)
     eval_key = jax.random.fold_in(key, 1)
     carry = jax.jit(trainer.init)(key)
+    if initial_agent is not None:
+        carry = carry.replace(agent=initial_agent)
     train_chunk = jax.jit(trainer.train_chunk, donate_argnums=0)
     evaluate = jax.jit(trainer.evaluate)
 
@@ -106,6 +121,9 @@ def run_online(cfg: OnlineConfig) -> Path:
         bar.close()
         logger.close()
     plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")
+    if cfg.save_dataset:
+        save_replay(run_dir / "dataset", carry.buffer, trainer.env.spec, source=f"replay of online run {run_dir}",
+                    overwrite=True)
     return run_dir
 
 
