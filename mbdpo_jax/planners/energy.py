@@ -70,7 +70,8 @@ class Energy:
         pos, neg = self.logit(params, z, real), self.logit(params, z, fake)
         bce = optax.sigmoid_binary_cross_entropy(pos, 1.0) + optax.sigmoid_binary_cross_entropy(neg, 0.0)
         loss = jnp.sum(weight * bce) / jnp.maximum(weight.sum(), 1.0)
-        accuracy = jnp.sum(weight * 0.5 * ((pos > 0) + (neg < 0))) / jnp.maximum(weight.sum(), 1.0)
+        correct = 0.5 * ((pos > 0).astype(jnp.float32) + (neg < 0).astype(jnp.float32))
+        accuracy = jnp.sum(weight * correct) / jnp.maximum(weight.sum(), 1.0)
         return loss, (jnp.concatenate([pos.ravel(), neg.ravel()]), accuracy)
 
     def update(self, state: EnergyState, z: jax.Array, real: jax.Array, prior_action: jax.Array,
