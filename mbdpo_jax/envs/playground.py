@@ -4,8 +4,13 @@ Tasks are built with `registry.load(name, config_overrides={"impl": "jax"})`: th
 implementation (the default warp one is far slower on CPU and not differentiable). We use the raw
 playground env, not its training wrappers, whose auto-reset drops the final observation, and keep
 playground's `State` in `EnvState.inner`. Playground's `done` (set only when the physics produces
-NaNs for these tasks) is termination. Task names are the kebab-case of playground's names:
-'CheetahRun' -> 'cheetah-run', 'SwimmerSwimmer6' -> 'swimmer-swimmer6'.
+NaNs for these tasks) is termination. `spec.differentiable` is True for the tasks whose MJX
+constraint solver runs a single iteration (cartpole, point-mass, reacher, ball-in-cup): with more
+iterations the solver is a `lax.while_loop`, which reverse-mode autodiff rejects.
+
+Task names are the kebab-case of playground's names: 'CheetahRun' -> 'cheetah-run',
+'SwimmerSwimmer6' -> 'swimmer-swimmer6'. Note that playground's ball-in-cup and humanoid tasks
+reset to a fixed state (no initial-state noise).
 
 mujoco_playground is imported only when a task is built.
 """
@@ -47,5 +52,6 @@ def build(task: str) -> tuple[BackendAdapter, int]:
     env = registry.load(TASKS[task], config=config, config_overrides={"impl": "jax"})
     name = f"dmc/{task}"
     spec = EnvSpec(name=name, obs_size=flat_obs_size(name, env.reset),
-                   action_size=int(env.action_size), episode_length=int(config.episode_length))
+                   action_size=int(env.action_size), episode_length=int(config.episode_length),
+                   differentiable=int(env.mj_model.opt.iterations) == 1)
     return BackendAdapter(env, spec, actuator_range(env.mj_model)), DEFAULT_ACTION_REPEAT
