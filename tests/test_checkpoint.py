@@ -202,3 +202,18 @@ def test_missing_step_and_bad_arguments(tmp_path):
         checkpoint.save(tmp_path, -1, make_tree())
     with pytest.raises(ValueError, match="keep"):
         checkpoint.save(tmp_path, 6, make_tree(), keep=0)
+
+
+def test_zero_size_leaves_round_trip(tmp_path):
+    """Zero-size arrays (MJX data has some) survive a save and restore with their shape and dtype."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mbdpo_jax.train import checkpoint
+
+    tree = {"empty": jnp.zeros((0, 3), jnp.float32), "ints": jnp.zeros((0,), jnp.int32), "x": jnp.arange(4.0)}
+    checkpoint.save(tmp_path, 7, tree)
+    back = checkpoint.restore(tmp_path, jax.eval_shape(lambda: tree))
+    assert back["empty"].shape == (0, 3) and back["ints"].dtype == jnp.int32
+    np.testing.assert_array_equal(back["x"], tree["x"])

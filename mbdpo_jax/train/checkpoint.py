@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 import os
 import re
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -97,7 +99,7 @@ def save(directory: PathLike, step: int, tree: Any, *, keep: int = 2) -> None:
     _remove_partials(root)
     tmp = root / f"{int(step)}{_PARTIAL}{uuid.uuid4().hex}"
     try:
-        _orbax_save(tmp, tree)
+        _orbax_save(tmp, _fill_empty(tree))
         _write_manifest(tmp)
         _fsync_tree(tmp)
         _commit(root, tmp, int(step))
@@ -148,8 +150,9 @@ def restore(directory: PathLike, template: Any, step: int | None = None) -> Any:
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint for step {step} in {root} (found steps: {all_steps(root)})")
     _verify_manifest(path)
-    _check_template(path, _read_metadata(path), template)
-    return _orbax_restore(path, template)
+    filled = _fill_empty(template)
+    _check_template(path, _read_metadata(path), filled)
+    return _restore_empty(_orbax_restore(path, filled), template)
 
 
 def restore_latest_good(directory: PathLike, template: Any) -> tuple[int, Any] | None:
@@ -175,6 +178,27 @@ def restore_latest_good(directory: PathLike, template: Any) -> tuple[int, Any] |
     if errors:
         raise CheckpointCorruptError(f"no intact checkpoint in {directory}; newest error: {errors[0]}")
     return None
+
+
+def _is_empty(leaf: Any) -> bool:
+    return hasattr(leaf, "shape") and math.prod(leaf.shape) == 0
+
+
+def _fill_empty(tree: Any) -> Any:
+    """Orbax refuses zero-size arrays (MJX data has some, e.g. `act` of an env without actuator
+    activations); they are stored as one-element placeholders and rebuilt from the template."""
+    def fill(leaf: Any) -> Any:
+        if not _is_empty(leaf):
+            return leaf
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct((1,), leaf.dtype)
+        return jnp.zeros((1,), leaf.dtype)
+
+    return jax.tree.map(fill, tree)
+
+
+def _restore_empty(restored: Any, template: Any) -> Any:
+    return jax.tree.map(lambda r, t: jnp.zeros(t.shape, t.dtype) if _is_empty(t) else r, restored, template)
 
 
 def _orbax_save(path: Path, tree: Any) -> None:
