@@ -9,6 +9,7 @@ is wrapped with action repeat, a time limit and auto-reset that keeps the final 
 from __future__ import annotations
 
 import difflib
+from numbers import Integral
 from types import ModuleType
 from typing import Callable
 
@@ -64,8 +65,16 @@ def make(name: str, *, action_repeat: int | None = None,
     action_repeat or episode_length below 1.
     """
     build = _builder(name)
-    for label, value in (("action_repeat", action_repeat), ("episode_length", episode_length)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    repeat = _positive("action_repeat", action_repeat)
+    length = _positive("episode_length", episode_length)
     raw, default_repeat = build()
-    return wrap(raw, action_repeat or default_repeat, episode_length)
+    return wrap(raw, default_repeat if repeat is None else repeat, length)
+
+
+def _positive(label: str, value: int | None) -> int | None:
+    """Return `value` as an int (None stays None); ValueError naming it unless it is >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    return int(value)

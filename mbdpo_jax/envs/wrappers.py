@@ -102,16 +102,20 @@ class BackendAdapter:
         self.env = env
         self.spec = spec
         self._scale = rescale_action(ctrl_range)
+        # Nested jits are inlined by XLA but let JAX reuse the traced backend reset (traced three
+        # times: reset, auto-reset inside step, obs size) instead of retracing MJX each time.
+        self._reset = jax.jit(env.reset)
+        self._step = jax.jit(env.step)
 
     def reset(self, key: jax.Array) -> EnvState:
         """Reset the backend env with a key split from `key`."""
         keep, sample = jax.random.split(key)
-        inner = strip_weak_type(self.env.reset(sample))
+        inner = strip_weak_type(self._reset(sample))
         return initial_state(inner, inner.obs, keep)
 
     def step(self, state: EnvState, action: jax.Array) -> EnvState:
         """One backend control step (its own physics substeps included)."""
-        inner = strip_weak_type(self.env.step(state.inner, self._scale(action)))
+        inner = strip_weak_type(self._step(state.inner, self._scale(action)))
         return state.replace(inner=inner, obs=inner.obs, reward=inner.reward,
                              done=inner.done.astype(state.done.dtype))
 

@@ -27,7 +27,7 @@ Params = dict[str, Any]
 
 # enc_dim, mlp_dim, latent_dim, num_enc_layers, num_q  (TD-MPC2 presets; "tiny" is ours, for CPU runs)
 PRESETS: dict[str, tuple[int, int, int, int, int]] = {
-    "tiny": (128, 256, 64, 2, 2),
+    "tiny": (64, 128, 64, 2, 2),
     "1M": (256, 384, 128, 2, 2),
     "5M": (256, 512, 512, 2, 5),
     "19M": (1024, 1024, 768, 3, 5),
