@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from mbdpo_jax.agents.tdmpc2 import TDMPC2, TDMPC2Config, TDMPC2State, planner_prior_divergence, sequence_mask
+from mbdpo_jax.agents.tdmpc2 import TDMPC2, TDMPC2Config, TDMPC2State, sequence_mask
 from mbdpo_jax.envs.base import EnvSpec
 from mbdpo_jax.planners import mbd
 from mbdpo_jax.planners.energy import Energy, EnergyConfig, EnergyState
@@ -53,27 +53,18 @@ class MBDPO(TDMPC2):
         k_core, k_energy = jax.random.split(key)
         return MBDPOState(super().init(k_core), self.energy.init(k_energy))
 
-    def energy_bonus(self, energy_state: EnergyState):
+    def core_state(self, state: MBDPOState) -> TDMPC2State:
+        return state.core
+
+    def step_bonus(self, state: MBDPOState):
         """Per-step eta * F_norm(z, a) added to the planning objective (None when disabled)."""
         if not self.cfg.use_energy or self.cfg.eta == 0:
             return None
-        return lambda z, a: self.cfg.eta * self.energy.normalized(energy_state, z, a)
+        return lambda z, a: self.cfg.eta * self.energy.normalized(state.energy, z, a)
 
-    def act(self, state: MBDPOState, obs: jax.Array, plan_state: jax.Array, key: jax.Array,
-            eval_mode: bool = False, task: Any = None) -> tuple[jax.Array, jax.Array, dict]:
-        """Reverse diffusion from one observation; plan_state is the shifted previous plan [H, A]."""
-        params = state.core.params
-        k_prior, k_value, k_plan = jax.random.split(key, 3)
-        z = self.model.encode(params, obs, task)
-        prior = self.rollout_prior(params, z, k_prior, self.cfg.planner.num_pi_trajs, task)
-        bonus = self.energy_bonus(state.energy)
-        mask = self.model.action_mask(task)
-        value_fn = lambda actions: self.trajectory_value(params, z, actions * mask, k_value, task, bonus)
-        action, plan, aux = mbd.plan(k_plan, value_fn, prior, plan_state, self.cfg.planner, eval_mode)
-        action, aux["plan_action"] = action * mask, aux["plan_action"] * mask
-        aux["prior_divergence"] = planner_prior_divergence(self.model, params, z, aux["elites"][:, 0],
-                                                           aux["weights"], task)
-        return action, plan, aux
+    def run_planner(self, key, value_fn, prior, plan_state, eval_mode):
+        """Reverse diffusion instead of MPPI; plan_state is the shifted previous plan x_0."""
+        return mbd.plan(key, value_fn, prior, plan_state, self.cfg.planner, eval_mode)
 
     def pi_loss(self, pi_params, params, q_scale, zs, mask, batch, key):
         """TD-MPC2's prior loss plus distillation: - distill_coef * rho^t-weighted log pi(planner action)."""

@@ -163,20 +163,36 @@ class TDMPC2:
         a_h, _ = self.model.pi(params, z_h, k_pi, task)
         return ret + disc * self.model.q_value(params, z_h, a_h, k_q, task)
 
-    def act(self, state: TDMPC2State, obs: jax.Array, plan_state: jax.Array, key: jax.Array,
+    def act(self, state: Any, obs: jax.Array, plan_state: jax.Array, key: jax.Array,
             eval_mode: bool = False, task: Any = None) -> tuple[jax.Array, jax.Array, dict]:
-        """Plan with MPPI from one observation. plan_state is the shifted previous mean [H, A]."""
-        params = state.params
+        """Plan from one observation; plan_state is the shifted previous plan [H, A].
+
+        Returns (action, plan for the next warm start, aux with 'plan_action' (before exploration
+        noise) and 'prior_divergence' (see `planner_prior_divergence`)).
+        """
+        params = self.core_state(state).params
         k_prior, k_value, k_plan = jax.random.split(key, 3)
         z = self.model.encode(params, obs, task)
         prior = self.rollout_prior(params, z, k_prior, self.cfg.planner.num_pi_trajs, task)
-        mask = self.model.action_mask(task)
-        value_fn = lambda actions: self.trajectory_value(params, z, actions * mask, k_value, task)
-        action, mean, aux = mppi.plan(k_plan, value_fn, prior, plan_state, self.cfg.planner, eval_mode)
+        mask, bonus = self.model.action_mask(task), self.step_bonus(state)
+        value_fn = lambda actions: self.trajectory_value(params, z, actions * mask, k_value, task, bonus)
+        action, plan, aux = self.run_planner(k_plan, value_fn, prior, plan_state, eval_mode)
         action, aux["plan_action"] = action * mask, aux["plan_action"] * mask
         aux["prior_divergence"] = planner_prior_divergence(self.model, params, z, aux["elites"][:, 0],
                                                            aux["weights"], task)
-        return action, mean, aux
+        return action, plan, aux
+
+    # Hooks that MBDPO overrides.
+    def core_state(self, state: Any) -> TDMPC2State:
+        """The TD-MPC2 part of the agent state."""
+        return state
+
+    def step_bonus(self, state: Any) -> Any:
+        """Per-step term added to predicted rewards in the planning objective (none for TD-MPC2)."""
+        return None
+
+    def run_planner(self, key, value_fn, prior, plan_state, eval_mode):
+        return mppi.plan(key, value_fn, prior, plan_state, self.cfg.planner, eval_mode)
 
     def next_plan_state(self, mean: jax.Array, episode_started: jax.Array) -> jax.Array:
         return mppi.shift_warm_start(mean, episode_started)
