@@ -217,3 +217,15 @@ def test_zero_size_leaves_round_trip(tmp_path):
     back = checkpoint.restore(tmp_path, jax.eval_shape(lambda: tree))
     assert back["empty"].shape == (0, 3) and back["ints"].dtype == jnp.int32
     np.testing.assert_array_equal(back["x"], tree["x"])
+
+
+def test_relative_directory_works(tmp_path, monkeypatch):
+    """A relative checkpoint directory (e.g. --run-dir runs/x) saves and restores."""
+    import jax.numpy as jnp
+
+    from mbdpo_jax.train import checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    checkpoint.save("runs/x/checkpoints", 3, {"a": jnp.arange(3.0)})
+    step, tree = checkpoint.restore_latest_good("runs/x/checkpoints", {"a": jnp.zeros(3)})
+    assert step == 3 and float(tree["a"][2]) == 2.0

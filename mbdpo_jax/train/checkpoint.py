@@ -94,7 +94,7 @@ def save(directory: PathLike, step: int, tree: Any, *, keep: int = 2) -> None:
         raise ValueError(f"checkpoint step must be a non-negative int, got {step!r}")
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep!r}")
-    root = Path(directory)
+    root = Path(directory).absolute()  # orbax needs absolute paths
     root.mkdir(parents=True, exist_ok=True)
     _remove_partials(root)
     tmp = root / f"{int(step)}{_PARTIAL}{uuid.uuid4().hex}"
@@ -117,7 +117,7 @@ def latest_step(directory: PathLike) -> int | None:
 
 def all_steps(directory: PathLike) -> list[int]:
     """Returns the steps of all complete checkpoints in `directory`, ascending."""
-    root = Path(directory)
+    root = Path(directory).absolute()  # orbax needs absolute paths
     if not root.is_dir():
         return []
     return sorted(int(p.name) for p in root.iterdir() if _STEP_RE.match(p.name) and p.is_dir())
@@ -141,7 +141,7 @@ def restore(directory: PathLike, template: Any, step: int | None = None) -> Any:
       CheckpointCorruptError: a file is missing, truncated, altered or unreadable.
       CheckpointMismatchError: leaf names, shapes or dtypes differ from `template`.
     """
-    root = Path(directory)
+    root = Path(directory).absolute()  # orbax needs absolute paths
     if step is None:
         step = latest_step(root)
         if step is None:
