@@ -7,7 +7,8 @@
   equally rewarding Gaussian goals at (+-1, +-1), 50-step episodes. A multimodal test bed.
 
 These are raw envs (see wrappers.py): they never reset themselves or terminate. Computations
-follow the default float dtype, so under `jax.experimental.enable_x64` they run in float64.
+follow the default float dtype, so under `jax.enable_x64(True)` they run in float64. Reset
+splits its key into the one kept in the state and the one used for sampling.
 """
 from __future__ import annotations
 
@@ -21,12 +22,6 @@ from mbdpo_jax.envs.wrappers import initial_state
 def angle_normalize(x: jax.Array) -> jax.Array:
     """Wrap an angle to [-pi, pi) (as in gym)."""
     return ((x + jnp.pi) % (2 * jnp.pi)) - jnp.pi
-
-
-def _split_reset_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Split a reset key into (key stored in the state, key used for sampling)."""
-    keep, sample = jax.random.split(key)
-    return keep, sample
 
 
 class Pendulum:
@@ -46,7 +41,7 @@ class Pendulum:
 
     def reset(self, key: jax.Array) -> EnvState:
         """th ~ U(-pi, pi), thdot ~ U(-1, 1)."""
-        keep, sample = _split_reset_key(key)
+        keep, sample = jax.random.split(key)
         high = jnp.array([jnp.pi, 1.0])
         th_thdot = jax.random.uniform(sample, (2,), minval=-high, maxval=high)
         return initial_state(th_thdot, self._obs(th_thdot), keep)
@@ -80,7 +75,7 @@ class PointMass:
 
     def reset(self, key: jax.Array) -> EnvState:
         """Sample the start position and the goal uniformly in the square [-1, 1]^2."""
-        keep, sample = _split_reset_key(key)
+        keep, sample = jax.random.split(key)
         pos, goal = jax.random.uniform(sample, (2, 2), minval=-1.0, maxval=1.0)
         inner = {"pos": pos, "vel": jnp.zeros_like(pos), "goal": goal}
         return initial_state(inner, self._obs(inner), keep)
@@ -119,7 +114,7 @@ class MultiGoal:
 
     def reset(self, key: jax.Array) -> EnvState:
         """Start near the origin."""
-        keep, sample = _split_reset_key(key)
+        keep, sample = jax.random.split(key)
         pos = jax.random.uniform(sample, (2,), minval=-0.1, maxval=0.1)
         return initial_state(pos, pos, keep)
 
