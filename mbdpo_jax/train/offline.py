@@ -103,7 +103,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     eval_key = jax.random.fold_in(key, 1)
     carry = {"agent": agent.init(key), "key": jax.random.fold_in(key, 2), "updates": jnp.zeros((), jnp.int32)}
 
-    def chunk(carry):
+    def chunk(carry, data):
         def one(state, k):
             k_batch, k_update = jax.random.split(k)
             return agent.update(state, offline_batch(data, k_batch, cfg.batch_size, cfg.horizon), k_update)
@@ -124,7 +124,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     restored = checkpoint.restore_latest_good(ckpt_dir, carry)
     chunk_fn = jax.jit(chunk)
     if restored is None:
-        metric_names = jax.eval_shape(chunk, carry)[1]
+        metric_names = jax.eval_shape(chunk, carry, data)[1]
         logger.write({"updates": 0, "wall_time": 0.0, **evaluate(carry["agent"], 0),
                       **{k: None for k in metric_names}})
         checkpoint.save(ckpt_dir, 0, carry)
@@ -136,10 +136,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
     start = time.perf_counter()
     try:
         while int(carry["updates"]) < cfg.steps:
-            carry, metrics = chunk_fn(carry)
+            carry, metrics = chunk_fn(carry, data)  # data is an argument, not a constant baked into the program
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             updates = int(carry["updates"])
-            check_finite(metrics, updates)
+            check_finite(metrics, updates, unit="update")
             row = {"updates": updates, "wall_time": round(wall_offset + time.perf_counter() - start, 3),
                    **evaluate(carry["agent"], updates), **metrics}
             logger.write(row)

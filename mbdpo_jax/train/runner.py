@@ -49,10 +49,11 @@ def build_trainer(cfg: OnlineConfig) -> OnlineTrainer:
     return OnlineTrainer(make_agent(cfg, env.spec), env, loop_config(cfg, cfg, env.spec))
 
 
-def check_finite(metrics: dict[str, float], env_steps: int) -> None:
+def check_finite(metrics: dict[str, float], step: int, unit: str = "env step") -> None:
+    """Raise NonFiniteLossError naming the step and every non-finite metric."""
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
-        raise NonFiniteLossError(f"non-finite {', '.join(bad)} at env step {env_steps} "
+        raise NonFiniteLossError(f"non-finite {', '.join(bad)} at {unit} {step} "
                                  f"({', '.join(f'{k}={metrics[k]}' for k in bad)}); the last good checkpoint is kept")
 
 
