@@ -174,9 +174,8 @@ class WorldModel:
         return action * mask, aux
 
     def _mask_like(self, mean: jax.Array, task: jax.Array | None, action_mask: jax.Array | None) -> jax.Array:
+        """The task's (or the given) action mask, broadcast to `mean` ([A] or per-sample [B, A])."""
         mask = self.action_mask(task) if action_mask is None else action_mask
-        if mask.ndim > 1 and mean.ndim > mask.ndim:  # per-sample masks [B, A] against [H, B, A]
-            mask = jnp.broadcast_to(mask, mean.shape)
         return jnp.broadcast_to(mask, mean.shape)
 
     def pi_log_prob(self, params: Params, z: jax.Array, action: jax.Array, task: jax.Array | None = None,
