@@ -70,7 +70,10 @@ def test_energy_switch_changes_planning_and_skips_its_training():
     """use_energy=False plans on J without eta * F and leaves the energy untouched by updates."""
     on, off = _agent(), _agent(use_energy=False)
     state = on.init(jax.random.PRNGKey(0))
-    state = state.replace(energy=state.energy.replace(mean=jnp.asarray(-3.0)))  # a non-trivial energy
+    # A non-trivial energy: F's head starts at zero (constant logits would not change the plan).
+    leaves, treedef = jax.tree.flatten(state.energy.params)
+    noisy = [x + 0.3 * jax.random.normal(jax.random.PRNGKey(i), x.shape) for i, x in enumerate(leaves)]
+    state = state.replace(energy=state.energy.replace(params=jax.tree.unflatten(treedef, noisy)))
     obs, plan, key = jnp.ones(6), jnp.zeros((3, 2)), jax.random.PRNGKey(3)
     _, plan_on, _ = on.act(state, obs, plan, key, True)
     _, plan_off, _ = off.act(state, obs, plan, key, True)

@@ -47,7 +47,7 @@ class MBDPO(TDMPC2):
 
     def __init__(self, cfg: MBDPOConfig, spec: EnvSpec, action_masks: Any = None):
         super().__init__(cfg, spec, action_masks)
-        self.energy = Energy(cfg.energy, self.model.cfg.latent_dim, spec.action_size)
+        self.energy = Energy(cfg.energy, self.model.cfg.latent_dim, spec.action_size, self.model.cfg.mlp_dim)
 
     def init(self, key: jax.Array) -> MBDPOState:
         k_core, k_energy = jax.random.split(key)

@@ -19,7 +19,8 @@ from mbdpo_jax.nn.layers import MLP
 
 @dataclasses.dataclass(frozen=True)
 class EnergyConfig:
-    hidden: tuple[int, ...] = (256, 256)
+    # None: two layers as wide as the world model's MLPs (MBDPO's code sizes F like its Q heads).
+    hidden: tuple[int, ...] | None = None
     lr: float = 3e-4
     momentum: float = 0.99  # EMA of the logit statistics
     clip: float = 5.0
@@ -37,9 +38,11 @@ class EnergyState:
 class Energy:
     """F(z, a) -> logit; `normalized` gives the clipped, EMA-standardised logit used in planning."""
 
-    def __init__(self, cfg: EnergyConfig, latent_dim: int, action_size: int):
+    def __init__(self, cfg: EnergyConfig, latent_dim: int, action_size: int, default_width: int = 256):
         self.cfg, self.latent_dim, self.action_size = cfg, latent_dim, action_size
-        self.net = MLP(cfg.hidden, 1)
+        hidden = cfg.hidden if cfg.hidden is not None else (default_width, default_width)
+        # Zero head: F starts indifferent (logit 0), so early planning is not steered by noise.
+        self.net = MLP(hidden, 1, zero_last=True)
         self.tx = optax.chain(optax.clip_by_global_norm(20.0), optax.adam(cfg.lr))
 
     def init(self, key: jax.Array) -> EnergyState:
