@@ -101,3 +101,32 @@ def test_pretrain_rejects_a_missing_dataset(tmp_path):
 
     with pytest.raises(DatasetError, match="missing: no such directory"):
         pretrain(PretrainConfig(**SMALL_AGENT, data=(str(tmp_path / "missing"),), run_dir=str(tmp_path / "r")))
+
+
+def test_multi_task_agent_uses_each_tasks_own_discount(monkeypatch):
+    """gamma comes from each task's episode length (TD-MPC2's heuristic), in planning and in TD targets."""
+    import jax.numpy as jnp
+
+    from mbdpo_jax.agents.tdmpc2 import discount_from_episode_length
+    from mbdpo_jax.train.config import AgentOptions
+    from mbdpo_jax.train.offline import TaskSet, build_agent
+
+    tasks = TaskSet(("long", "short"), (3, 2), (1, 1), (1000, 50), (1, 1))
+    agent = build_agent(AgentOptions(**SMALL_AGENT), tasks)
+    gammas = [discount_from_episode_length(1000), discount_from_episode_length(50)]
+    assert gammas[0] != gammas[1]
+    np.testing.assert_allclose(agent.discount_of(jnp.array([0, 1, 1])), [gammas[0], gammas[1], gammas[1]], rtol=1e-6)
+
+    monkeypatch.setattr(agent.model, "q_value", lambda *a, **k: jnp.ones(a[1].shape[:-1]))
+    h, b = 3, 4
+    batch = {"next_obs": jnp.zeros((h, b, 3)), "reward": jnp.zeros((h, b)), "done": jnp.zeros((h, b)),
+             "task": jnp.broadcast_to(jnp.array([0, 1, 0, 1]), (h, b))}
+    params = agent.core_state(agent.init(jax.random.PRNGKey(0))).params
+    _, td = agent._td_targets(params, params["qs"], batch, jax.random.PRNGKey(1))
+    np.testing.assert_allclose(td[0], [gammas[0], gammas[1], gammas[0], gammas[1]], rtol=1e-6)
+
+    monkeypatch.setattr(agent.model, "reward_value", lambda params, z, a, task=None: jnp.ones(z.shape[:-1]))
+    latent = jnp.zeros(agent.model.cfg.latent_dim)
+    for task, g in enumerate(gammas):
+        value = agent.trajectory_value(params, latent, jnp.zeros((2, h, 1)), jax.random.PRNGKey(2), task=jnp.int32(task))
+        np.testing.assert_allclose(value, [sum(g ** t for t in range(h)) + g ** h] * 2, rtol=1e-5)

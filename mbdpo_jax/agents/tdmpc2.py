@@ -107,6 +107,10 @@ class TDMPC2:
             action_masks,
         )
         self.discount = cfg.discount if cfg.discount is not None else discount_from_episode_length(spec.episode_length)
+        # Multi-task: one discount per task from its own episode length, as TD-MPC2 does.
+        lengths = spec.task_episode_lengths
+        self.task_discounts = None if cfg.discount is not None or not lengths else jnp.asarray(
+            [discount_from_episode_length(n) for n in lengths], jnp.float32)
         self.model_tx = optax.chain(
             optax.clip_by_global_norm(cfg.grad_clip_norm),
             optax.multi_transform(
@@ -132,6 +136,12 @@ class TDMPC2:
         """Warm start of one env's planner: a [H, A] mean."""
         return jnp.zeros((self.cfg.horizon, self.spec.action_size))
 
+    def discount_of(self, task: Any = None) -> jax.Array | float:
+        """gamma of `task` (an id or an array of ids); the single discount when there are no per-task ones."""
+        if task is None or self.task_discounts is None:
+            return self.discount
+        return self.task_discounts[task]
+
     # ---- acting -----------------------------------------------------------------------------
     def rollout_prior(self, params: dict, z: jax.Array, key: jax.Array, num: int, task: Any = None) -> jax.Array:
         """Action sequences [num, H, A] from the policy prior rolled through the latent dynamics."""
@@ -148,6 +158,7 @@ class TDMPC2:
                          task: Any = None, step_bonus: Any = None) -> jax.Array:
         """sum_t gamma^t [r_hat(z_t, a_t) + bonus(z_t, a_t)] + gamma^H * avg Q(z_H, pi(z_H)), actions [N, H, A]."""
         zs = jnp.broadcast_to(z, (actions.shape[0],) + z.shape)
+        gamma = self.discount_of(task)
 
         def step(carry, a_t):
             z_t, ret, disc = carry
@@ -155,7 +166,7 @@ class TDMPC2:
             if step_bonus is not None:
                 r_t = r_t + step_bonus(z_t, a_t)
             ret = ret + disc * r_t
-            return (self.model.next(params, z_t, a_t, task), ret, disc * self.discount), None
+            return (self.model.next(params, z_t, a_t, task), ret, disc * gamma), None
 
         init = (zs, jnp.zeros(actions.shape[0]), jnp.ones(()))
         (z_h, ret, disc), _ = jax.lax.scan(step, init, jnp.swapaxes(actions, 0, 1))
@@ -203,7 +214,8 @@ class TDMPC2:
         k_pi, k_q = jax.random.split(key)
         a, _ = self.model.pi(params, next_z, k_pi, batch.get("task"))
         q = self.model.q_value(params, next_z, a, k_q, batch.get("task"), qs_params=target_qs, reduce="min")
-        return next_z, batch["reward"] + self.discount * (1.0 - batch["done"]) * q
+        gamma = self.discount_of(batch.get("task"))
+        return next_z, batch["reward"] + gamma * (1.0 - batch["done"]) * q
 
     def model_loss(self, params, target_qs, batch, key):
         """TD-MPC2 world-model loss: 20 * consistency + 0.1 * reward CE + 0.1 * value CE, rho^t weighted."""

@@ -24,7 +24,8 @@ from flax import struct
 class EnvSpec:
     """Static facts about an environment (hashable, safe as a jit static argument).
 
-    episode_length counts agent steps, i.e. after action repeat.
+    episode_length counts agent steps, i.e. after action repeat. A multi-task agent's spec (padded
+    sizes) also lists each task's own episode length in `task_episode_lengths`, task-id order.
     """
 
     name: str
@@ -33,6 +34,7 @@ class EnvSpec:
     episode_length: int
     action_repeat: int = 1
     differentiable: bool = False
+    task_episode_lengths: tuple[int, ...] | None = None
 
 
 @struct.dataclass

@@ -57,9 +57,9 @@ class TaskSet:
         return np.stack([(np.arange(self.action_size) < a).astype(np.float32) for a in self.action_sizes])
 
     def spec(self) -> EnvSpec:
-        """A spec with the padded sizes; the discount follows the longest episode."""
+        """A spec with the padded sizes and each task's episode length (one discount per task)."""
         return EnvSpec("multitask:" + ",".join(self.names), self.obs_size, self.action_size,
-                       max(self.episode_lengths))
+                       max(self.episode_lengths), task_episode_lengths=tuple(self.episode_lengths))
 
     def with_task(self, env: envs.Env) -> "TaskSet":
         s = env.spec
