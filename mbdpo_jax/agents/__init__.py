@@ -21,11 +21,14 @@ def make_agent(cfg: AgentOptions, spec: EnvSpec, num_tasks: int = 1, action_mask
     if cfg.algo == "mbdpo":
         from mbdpo_jax.agents.mbdpo import MBDPO, MBDPOConfig
         from mbdpo_jax.planners.mbd import MBDConfig
+        from mbdpo_jax.planners.score import ScoreConfig
 
         planner = MBDConfig(horizon=cfg.horizon, diffusion_steps=cfg.diffusion_steps, beta_start=cfg.beta_start,
                             beta_end=cfg.beta_end, num_samples=cfg.num_samples, num_elites=cfg.num_elites,
                             num_pi_trajs=cfg.num_pi_trajs, temperature=cfg.temperature,
                             exploration_std=cfg.exploration_std)
         return MBDPO(MBDPOConfig(planner=planner, eta=cfg.eta, use_energy=cfg.use_energy,
-                                 distill_coef=cfg.distill_coef, **common), spec, action_masks)
+                                 distill_coef=cfg.distill_coef, use_score_network=cfg.use_score_network,
+                                 score_only=cfg.score_only, score=ScoreConfig(mc_samples=cfg.score_samples),
+                                 **common), spec, action_masks)
     raise ValueError(f"unknown algorithm {cfg.algo!r}; allowed: {', '.join(ALGORITHMS)}")

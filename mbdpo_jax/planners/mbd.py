@@ -126,3 +126,41 @@ def plan(
         action = action + cfg.exploration_std * jax.random.normal(k_noise, action.shape)
     aux = {"value": values[0], "elites": elites[0], "weights": weights[0], "plan_action": plan_action}
     return jnp.clip(action, -1.0, 1.0), x_0, aux
+
+
+def plan_score_only(
+    key: jax.Array,
+    score_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    warm_start: jax.Array,
+    cfg: MBDConfig,
+    eval_mode: bool = False,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """The K-step reverse diffusion driven by a learned score alone: no candidates, no evaluations of J.
+
+    x_{k-1} = (x_k + (1 - abar_k) * score_fn(x_k, k)) / sqrt(alpha_k), from the same warm start as
+    `plan`; the final plan is clipped to [-1, 1] and exploration noise is added as in `plan`.
+
+    Args:
+      score_fn: (x_k [H, A], integer step k in 1..K) -> score [H, A] (e.g. s_phi(z0, x_k, k)).
+      warm_start: [H, A] previous plan already shifted by one step.
+    Returns:
+      Same structure as `plan`. There is no sample-based action distribution in this mode: 'elites'
+      is the plan itself as a single elite ([1, H, A]) with 'weights' [1.0] (a point mass), and
+      'value' is NaN because J is never evaluated.
+    """
+    alphas, abars = schedule(cfg)
+    steps = jnp.arange(1, cfg.diffusion_steps + 1)
+
+    def step(x_k, inputs):
+        k, alpha_k, abar_k = inputs
+        return (x_k + (1.0 - abar_k) * score_fn(x_k, k)) / jnp.sqrt(alpha_k), None
+
+    x_K = jnp.sqrt(abars[-1]) * warm_start
+    x_0, _ = jax.lax.scan(step, x_K, (steps, alphas, abars), reverse=True)
+    x_0 = jnp.clip(x_0, -1.0, 1.0)
+    action = plan_action = x_0[0]
+    if not eval_mode:
+        action = action + cfg.exploration_std * jax.random.normal(key, action.shape)
+    aux = {"value": jnp.full((), jnp.nan, x_0.dtype), "elites": x_0[None], "weights": jnp.ones((1,), x_0.dtype),
+           "plan_action": plan_action}
+    return jnp.clip(action, -1.0, 1.0), x_0, aux

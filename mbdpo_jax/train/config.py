@@ -52,6 +52,14 @@ class AgentOptions:
     """Weight of the normalised energy in the planning objective (mbdpo)."""
     distill_coef: float = 0.1
     """Weight of distilling the planner's actions into the policy prior (mbdpo)."""
+    use_score_network: bool = False
+    """Train an amortised score network s_phi(z, x_k, k) on Monte-Carlo score targets after each update
+    (mbdpo); acting keeps the Monte-Carlo planner unless --score-only."""
+    score_only: bool = False
+    """Plan by reverse diffusion on s_phi alone, without candidate rollouts (mbdpo; needs
+    --use-score-network)."""
+    score_samples: int = 64
+    """Candidates per Monte-Carlo score target when training s_phi (mbdpo, --use-score-network)."""
 
     def validate(self) -> None:
         """Fail before anything compiles, naming the bad value and the allowed ones."""
@@ -71,6 +79,15 @@ class AgentOptions:
         if self.eta < 0 or self.distill_coef < 0 or self.exploration_std < 0:
             raise ValueError(f"need eta ({self.eta}), distill-coef ({self.distill_coef}) and exploration-std "
                              f"({self.exploration_std}) >= 0")
+        self._validate_score_options()
+
+    def _validate_score_options(self) -> None:
+        if self.algo != "mbdpo" and (self.use_score_network or self.score_only):
+            raise ValueError(f"--use-score-network and --score-only apply to --algo mbdpo only, got algo={self.algo!r}")
+        if self.score_only and not self.use_score_network:
+            raise ValueError("--score-only needs --use-score-network (score-only planning uses the trained score "
+                             "network)")
+        _require_positive(self, ["score_samples"])
 
 
 @dataclasses.dataclass(frozen=True)

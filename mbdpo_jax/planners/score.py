@@ -1,0 +1,173 @@
+"""Amortised score network s_phi(z, x_k, k) for MBDPO's reverse diffusion (optional, off by default).
+
+The Monte-Carlo planner (`planners.mbd`) estimates, at every reverse step, the score of the noised
+target distribution from N evaluated candidates:
+
+    x0_i  = clip(x_k / sqrt(abar_k) + sqrt((1 - abar_k) / abar_k) eps_i, -1, 1)
+    x0bar = elite-softmax-weighted mean of the x0_i under J
+    score = (-x_k + sqrt(abar_k) x0bar) / (1 - abar_k)
+
+s_phi learns that estimate (with `mc_samples` candidates) so that planning can skip the candidate
+rollouts altogether (`mbd.plan_score_only`).
+
+Parameterisation and loss. The raw score is of order 1 / (1 - abar_k), up to 1e4 at k = 1, so the
+network predicts the denoised mean instead, as a residual on the candidates' centre:
+
+    x0bar_hat(z, x_k, k) = x_k / sqrt(abar_k) + f_phi(z, x_k, time_embedding(k))
+    s_phi(z, x_k, k)     = (-x_k + sqrt(abar_k) x0bar_hat) / (1 - abar_k)
+
+and is trained on
+
+    L(phi) = mean over samples and the H * A entries of (x0bar_hat - x0bar_MC)^2
+           = mean of (1 - abar_k)^2 / abar_k * (s_phi - score_MC)^2,
+
+i.e. the score MSE of REFERENCE.md up to the per-k weight (1 - abar_k)^2 / abar_k. With f_phi's head
+initialised at zero, an untrained network has score 0 and score-only planning returns the warm start.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from mbdpo_jax.nn.layers import MLP
+from mbdpo_jax.planners import mbd
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """Settings of s_phi and its training."""
+
+    time_embed_dim: int = 64
+    mc_samples: int = 64  # candidates per Monte-Carlo score target
+    batch: int = 64  # training pairs per update, taken from the front of the update batch
+    lr: float = 3e-4
+    hidden: tuple[int, ...] | None = None  # None: two layers of the world model's mlp_dim
+
+    def validate(self) -> None:
+        for name in ("time_embed_dim", "mc_samples", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"invalid score network setting {name}={getattr(self, name)!r} (need >= 1)")
+        if self.time_embed_dim % 2:
+            raise ValueError(f"score network time_embed_dim must be even, got {self.time_embed_dim}")
+        if self.lr <= 0:
+            raise ValueError(f"score network lr must be > 0, got {self.lr}")
+
+
+@struct.dataclass
+class ScoreState:
+    params: dict
+    opt: optax.OptState
+
+
+def time_embedding(k: jax.Array, dim: int) -> jax.Array:
+    """Sinusoidal embedding [..., dim] of diffusion step(s) k: sines then cosines of k * 10000^(-i/(dim/2))."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half) / half)
+    angles = jnp.asarray(k, jnp.float32)[..., None] * freqs
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class ScoreNet(nn.Module):
+    """f_phi: MLP (NormedLinear + Mish) over concat[z, flattened x_k, time embedding] -> [H * A]."""
+
+    hidden: tuple[int, ...]
+    out_features: int
+
+    @nn.compact
+    def __call__(self, z: jax.Array, x_flat: jax.Array, t_emb: jax.Array) -> jax.Array:
+        return MLP(self.hidden, self.out_features, zero_last=True)(jnp.concatenate([z, x_flat, t_emb], -1))
+
+
+def monte_carlo_target(key: jax.Array, value_fn: Callable[[jax.Array], jax.Array], x_k: jax.Array,
+                       abar_k: jax.Array, num_samples: int, num_elites: int,
+                       temperature: float) -> tuple[jax.Array, jax.Array]:
+    """(score target [H, A], x0bar [H, A]) for one latent (closed over by value_fn), noised x_k and step k.
+
+    Candidates as in `mbd.propose` (no prior sequences), weights from `mbd.elite_weights` over
+    stop-gradient values J, score = (-x_k + sqrt(abar_k) x0bar) / (1 - abar_k).
+    """
+    no_prior = jnp.zeros((0,) + x_k.shape, x_k.dtype)
+    candidates = mbd.propose(key, x_k, abar_k, no_prior, num_samples)
+    values = jnp.nan_to_num(jax.lax.stop_gradient(value_fn(candidates)), nan=-1e9)
+    weights, idx = mbd.elite_weights(values, num_elites, temperature)
+    x0_bar = jnp.tensordot(weights, candidates[idx], axes=1)
+    return (-x_k + jnp.sqrt(abar_k) * x0_bar) / (1.0 - abar_k), x0_bar
+
+
+def forward_noise(key: jax.Array, x0: jax.Array, abar_k: jax.Array) -> jax.Array:
+    """x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps (abar_k broadcast from the leading axis)."""
+    abar = abar_k.reshape(abar_k.shape + (1,) * (x0.ndim - abar_k.ndim))
+    return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * jax.random.normal(key, x0.shape)
+
+
+class ScoreModel:
+    """s_phi with its schedule and optimiser; the instance holds only static configuration."""
+
+    def __init__(self, cfg: ScoreConfig, planner: mbd.MBDConfig, latent_dim: int, action_size: int,
+                 default_width: int = 256):
+        cfg.validate()
+        self.cfg, self.planner = cfg, planner
+        self.latent_dim, self.shape = latent_dim, (planner.horizon, action_size)
+        hidden = cfg.hidden if cfg.hidden is not None else (default_width, default_width)
+        self.net = ScoreNet(tuple(hidden), planner.horizon * action_size)
+        self.tx = optax.chain(optax.clip_by_global_norm(20.0), optax.adam(cfg.lr))
+        # The planner's elite fraction, applied to the Monte-Carlo candidates.
+        self.num_elites = max(1, round(cfg.mc_samples * planner.num_elites / planner.num_samples))
+
+    def init(self, key: jax.Array) -> ScoreState:
+        """Fresh parameters (zero head: score 0 everywhere) and optimiser state."""
+        h, a = self.shape
+        params = self.net.init(key, jnp.zeros((1, self.latent_dim)), jnp.zeros((1, h * a)),
+                               jnp.zeros((1, self.cfg.time_embed_dim)))["params"]
+        return ScoreState(params, self.tx.init(params))
+
+    def abar(self, k: jax.Array) -> jax.Array:
+        """abar_k for integer steps k in 1..K."""
+        return mbd.schedule(self.planner)[1][k - 1]
+
+    def denoised(self, params: dict, z: jax.Array, x_k: jax.Array, k: jax.Array) -> jax.Array:
+        """x0bar_hat [..., H, A] for latents z [..., Z], x_k [..., H, A] and integer steps k [...]."""
+        abar = self.abar(k)[..., None, None]
+        x_flat = x_k.reshape(x_k.shape[:-2] + (-1,))
+        delta = self.net.apply({"params": params}, z, x_flat, time_embedding(k, self.cfg.time_embed_dim))
+        return x_k / jnp.sqrt(abar) + delta.reshape(x_k.shape)
+
+    def score(self, params: dict, z: jax.Array, x_k: jax.Array, k: jax.Array) -> jax.Array:
+        """s_phi(z, x_k, k) = (-x_k + sqrt(abar_k) x0bar_hat) / (1 - abar_k)."""
+        abar = self.abar(k)[..., None, None]
+        return (-x_k + jnp.sqrt(abar) * self.denoised(params, z, x_k, k)) / (1.0 - abar)
+
+    def training_pairs(self, key: jax.Array, x0: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(k uniform over 1..K [B], x_k by forward diffusion of the sequences x0 [B, H, A])."""
+        k_step, k_noise = jax.random.split(key)
+        k = jax.random.randint(k_step, x0.shape[:1], 1, self.planner.diffusion_steps + 1)
+        return k, forward_noise(k_noise, x0, self.abar(k))
+
+    def targets(self, key: jax.Array, make_value_fn: Callable[[Any], Callable[[jax.Array], jax.Array]],
+                conds: Any, x_k: jax.Array, k: jax.Array) -> jax.Array:
+        """Monte-Carlo x0bar [B, H, A]; conds is a pytree with leading axis B (e.g. latents, task ids)
+        and make_value_fn(cond) the value J of action sequences [N, H, A] -> [N] for one sample."""
+        def one(cond, x, step, kk):
+            _, x0_bar = monte_carlo_target(kk, make_value_fn(cond), x, self.abar(step), self.cfg.mc_samples,
+                                           self.num_elites, self.planner.temperature)
+            return x0_bar
+
+        return jax.vmap(one)(conds, x_k, k, jax.random.split(key, x_k.shape[0]))
+
+    def loss(self, params: dict, z: jax.Array, x_k: jax.Array, k: jax.Array, x0_bar: jax.Array) -> jax.Array:
+        """Mean squared error of x0bar_hat against the Monte-Carlo x0bar (see the module docstring)."""
+        return jnp.mean((self.denoised(params, z, x_k, k) - x0_bar) ** 2)
+
+    def update(self, state: ScoreState, z: jax.Array, x_k: jax.Array, k: jax.Array,
+               x0_bar: jax.Array) -> tuple[ScoreState, dict]:
+        """One Adam step on `loss`; metrics 'score_loss' (before the step)."""
+        loss, grads = jax.value_and_grad(self.loss)(state.params, z, x_k, k, jax.lax.stop_gradient(x0_bar))
+        updates, opt = self.tx.update(grads, state.opt, state.params)
+        return ScoreState(optax.apply_updates(state.params, updates), opt), {"score_loss": loss}
