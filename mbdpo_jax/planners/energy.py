@@ -17,6 +17,9 @@ from flax import struct
 from mbdpo_jax.nn.layers import MLP
 
 
+NEGATIVE_KINDS = ("prior", "noisy", "uniform")  # the order of the candidates in `hard_negatives`
+
+
 @dataclasses.dataclass(frozen=True)
 class EnergyConfig:
     # None: two layers as wide as the world model's MLPs (MBDPO's code sizes F like its Q heads).
@@ -56,8 +59,12 @@ class Energy:
         f = (self.logit(state.params, z, a) - state.mean) / jnp.sqrt(state.var + 1e-6)
         return jnp.clip(f, -self.cfg.clip, self.cfg.clip)
 
-    def hard_negatives(self, params: dict, z: jax.Array, prior_action: jax.Array, key: jax.Array) -> jax.Array:
-        """Per sample, the candidate among {pi(z), pi(z) + noise, uniform} with the highest logit."""
+    def hard_negatives(self, params: dict, z: jax.Array, prior_action: jax.Array,
+                       key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Per sample, the candidate among {pi(z), pi(z) + noise, uniform} with the highest logit.
+
+        Also returns the logits of the three kinds, [3, ...], for diagnostics.
+        """
         k_noise, k_unif = jax.random.split(key)
         noisy = jnp.clip(prior_action + self.cfg.negative_noise * jax.random.normal(k_noise, prior_action.shape),
                          -1.0, 1.0)
@@ -66,7 +73,7 @@ class Energy:
         zs = jnp.broadcast_to(z[None], (3,) + z.shape)
         logits = jax.lax.stop_gradient(self.logit(params, zs, candidates))
         best = jnp.argmax(logits, axis=0)
-        return jnp.take_along_axis(candidates, best[None, ..., None], axis=0)[0]
+        return jnp.take_along_axis(candidates, best[None, ..., None], axis=0)[0], logits
 
     def loss(self, params: dict, z: jax.Array, real: jax.Array, fake: jax.Array, weight: jax.Array):
         """Weighted binary cross-entropy, real actions labelled 1 and negatives 0."""
@@ -79,8 +86,14 @@ class Energy:
 
     def update(self, state: EnergyState, z: jax.Array, real: jax.Array, prior_action: jax.Array,
                weight: jax.Array, key: jax.Array) -> tuple[EnergyState, dict]:
-        """One BCE step against hard negatives, then the EMA of the logit statistics."""
-        fake = self.hard_negatives(state.params, z, prior_action, key)
+        """One BCE step against hard negatives, then the EMA of the logit statistics.
+
+        Metrics: the BCE loss, the accuracy on (real, hardest negative) pairs, and per negative kind
+        (prior, noisy prior, uniform) the fraction of real actions F scores above it
+        (`energy_beats_<kind>`, 0.5 = indistinguishable) and how often it was the hardest
+        (`energy_hardest_<kind>`).
+        """
+        fake, kind_logits = self.hard_negatives(state.params, z, prior_action, key)
         (loss, (logits, accuracy)), grads = jax.value_and_grad(self.loss, has_aux=True)(
             state.params, z, real, fake, weight)
         updates, opt = self.tx.update(grads, state.opt, state.params)
@@ -88,4 +101,16 @@ class Energy:
         mean = m * state.mean + (1 - m) * logits.mean()
         var = m * state.var + (1 - m) * jnp.mean((logits - mean) ** 2)
         new = EnergyState(optax.apply_updates(state.params, updates), opt, mean, var)
-        return new, {"energy_loss": loss, "energy_accuracy": accuracy}
+        return new, {"energy_loss": loss, "energy_accuracy": accuracy,
+                     **self._negative_diagnostics(state.params, z, real, kind_logits, weight)}
+
+    def _negative_diagnostics(self, params: dict, z: jax.Array, real: jax.Array, kind_logits: jax.Array,
+                              weight: jax.Array) -> dict:
+        real_logit = jax.lax.stop_gradient(self.logit(params, z, real))
+        hardest = jnp.argmax(kind_logits, axis=0)
+        total = jnp.maximum(weight.sum(), 1.0)
+        out = {}
+        for i, kind in enumerate(NEGATIVE_KINDS):
+            out[f"energy_beats_{kind}"] = jnp.sum(weight * (real_logit > kind_logits[i])) / total
+            out[f"energy_hardest_{kind}"] = jnp.sum(weight * (hardest == i)) / total
+        return out

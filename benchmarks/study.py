@@ -1,0 +1,168 @@
+"""Study: MBDPO with and without its energy F against TD-MPC2, same env steps, seeds and budget.
+
+    python -m benchmarks.study --tasks dmc/cartpole-swingup:30000 dmc/cartpole-balance:10000 \
+        --seeds 0 --runs-dir runs/study --out benchmarks/results/2026-11-21-cpu-study
+
+Each (task, variant, seed) is one ordinary `python -m experiments.online` run in
+`<runs-dir>/<task>/<variant>/seed<k>`, launched one after the other (a finished run is not
+repeated; an interrupted one resumes from its checkpoint). All variants share the CPU settings of
+the README's first command (tiny model, 4 envs, batch 128, half an update per env step, 64
+candidates / 8 elites / 4 prior trajectories). The variants differ only in the planner:
+
+- `mbdpo`: reverse diffusion (`--diffusion-steps`) with eta * F in the objective;
+- `mbdpo-no-F`: the same with `--no-use-energy`;
+- `tdmpc2`: MPPI (`--iterations`).
+
+Writes `<out>.json` (every eval return of every run, wall time and env steps/s), `<out>.md` (a
+table) and `<out>.png` (eval return against env steps, mean over seeds with min-max band).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+SHARED_OPTIONS = ("--model-size tiny --num-envs 4 --updates-per-step 0.5 --batch-size 128 --num-samples 64 "
+                  "--num-elites 8 --num-pi-trajs 4 --seed-steps 2000 --eval-episodes 4").split()
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    tasks: tuple[str, ...] = ("dmc/cartpole-swingup:30000", "dmc/cartpole-balance:10000")
+    """Env names with their env-step budget, as NAME:STEPS."""
+    seeds: tuple[int, ...] = (0,)
+    variants: tuple[str, ...] = ("mbdpo", "mbdpo-no-F", "tdmpc2")
+    diffusion_steps: int = 8
+    iterations: int = 4
+    """MPPI iterations of the tdmpc2 variant."""
+    evals_per_run: int = 10
+    """Evaluations per run (eval every steps / evals_per_run env steps)."""
+    runs_dir: str = "runs/study"
+    out: str = "benchmarks/results/study"
+    """Path prefix of the .json, .md and .png results."""
+    report_only: bool = False
+    """Only aggregate runs that already exist."""
+
+
+VARIANT_OPTIONS = {
+    "mbdpo": lambda c: ["--algo", "mbdpo", "--diffusion-steps", str(c.diffusion_steps)],
+    "mbdpo-no-F": lambda c: ["--algo", "mbdpo", "--diffusion-steps", str(c.diffusion_steps), "--no-use-energy"],
+    "tdmpc2": lambda c: ["--algo", "tdmpc2", "--iterations", str(c.iterations)],
+}
+
+
+def parse_task(spec: str) -> tuple[str, int]:
+    name, sep, steps = spec.rpartition(":")
+    if not sep or not steps.isdigit() or int(steps) <= 0:
+        raise ValueError(f"task {spec!r} must be NAME:STEPS with STEPS a positive integer, e.g. dmc/cartpole-swingup:30000")
+    return name, int(steps)
+
+
+def run_dir(cfg: StudyConfig, task: str, variant: str, seed: int) -> Path:
+    return Path(cfg.runs_dir) / task.replace("/", "_") / variant / f"seed{seed}"
+
+
+def command(cfg: StudyConfig, task: str, steps: int, variant: str, seed: int) -> list[str]:
+    return [sys.executable, "-m", "experiments.online", "--env", task, "--steps", str(steps),
+            "--eval-every", str(steps // cfg.evals_per_run), "--seed", str(seed),
+            "--run-dir", str(run_dir(cfg, task, variant, seed)), "--no-progress",
+            *SHARED_OPTIONS, *VARIANT_OPTIONS[variant](cfg)]
+
+
+def read_curve(path: Path) -> dict:
+    with open(path / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("eval_return")]
+    return {"env_steps": [int(float(r["env_steps"])) for r in rows],
+            "eval_return": [float(r["eval_return"]) for r in rows],
+            "wall_time": float(rows[-1]["wall_time"]) if rows else float("nan")}
+
+
+def summarise(cfg: StudyConfig, curves: dict) -> str:
+    lines = ["| task | variant | seeds | final eval return | best eval return | mean of last 3 evals | wall time (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for task, by_variant in curves.items():
+        for variant, runs in by_variant.items():
+            if not runs:
+                continue
+            final = np.array([r["eval_return"][-1] for r in runs])
+            best = np.array([max(r["eval_return"]) for r in runs])
+            last3 = np.array([np.mean(r["eval_return"][-3:]) for r in runs])
+            wall = np.array([r["wall_time"] for r in runs])
+            fmt = lambda a: f"{a.mean():.0f}" + (f" ± {a.std():.0f}" if len(a) > 1 else "")
+            lines.append(f"| {task} | {variant} | {len(runs)} | {fmt(final)} | {fmt(best)} | {fmt(last3)} | "
+                         f"{wall.mean():.0f} |")
+    return "\n".join(lines)
+
+
+def plot(curves: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5 * len(curves), 3.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(curves), squeeze=False)[0]
+    for ax, (task, by_variant) in zip(axes, curves.items()):
+        for variant, runs in by_variant.items():
+            if not runs:
+                continue
+            n = min(len(r["eval_return"]) for r in runs)
+            x = runs[0]["env_steps"][:n]
+            y = np.array([r["eval_return"][:n] for r in runs])
+            ax.plot(x, y.mean(0), label=f"{variant} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+            if len(runs) > 1:
+                ax.fill_between(x, y.min(0), y.max(0), alpha=0.2)
+        ax.set_title(task)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("eval return")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = tyro.cli(StudyConfig, args=argv, description=__doc__)
+    unknown = set(cfg.variants) - set(VARIANT_OPTIONS)
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {sorted(unknown)}; allowed: {', '.join(VARIANT_OPTIONS)}")
+    tasks = [parse_task(t) for t in cfg.tasks]
+    commands = {}
+    for task, steps in tasks:
+        for seed in cfg.seeds:
+            for variant in cfg.variants:
+                cmd = command(cfg, task, steps, variant, seed)
+                commands[f"{task} {variant} seed{seed}"] = " ".join(cmd[1:])
+                if cfg.report_only:
+                    continue
+                start = time.perf_counter()
+                print(f"[study] {task} {variant} seed {seed}", flush=True)
+                subprocess.run(cmd, check=True)
+                print(f"[study] done in {time.perf_counter() - start:.0f} s", flush=True)
+    curves = {task: {variant: [read_curve(run_dir(cfg, task, variant, seed)) for seed in cfg.seeds
+                               if (run_dir(cfg, task, variant, seed) / "metrics.csv").exists()]
+                     for variant in cfg.variants} for task, _ in tasks}
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = summarise(cfg, curves)
+    out.with_suffix(".json").write_text(json.dumps(
+        {"benchmark": "study", "device": _device(), "config": dataclasses.asdict(cfg),
+         "shared_options": SHARED_OPTIONS, "commands": commands, "curves": curves}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(table + "\n")
+    plot(curves, out.with_suffix(".png"))
+    print(table)
+    return 0
+
+
+def _device() -> dict:
+    from benchmarks.throughput import device_info
+    return device_info()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
