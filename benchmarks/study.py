@@ -76,6 +76,14 @@ def command(cfg: StudyConfig, task: str, steps: int, variant: str, seed: int) ->
             *SHARED_OPTIONS, *VARIANT_OPTIONS[variant](cfg)]
 
 
+def finished(path: Path, steps: int) -> bool:
+    """Whether the run in `path` has logged its evaluation at `steps` env steps."""
+    if not (path / "metrics.csv").exists():
+        return False
+    curve = read_curve(path)
+    return bool(curve["env_steps"]) and curve["env_steps"][-1] >= steps
+
+
 def read_curve(path: Path) -> dict:
     with open(path / "metrics.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("eval_return")]
@@ -138,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             for variant in cfg.variants:
                 cmd = command(cfg, task, steps, variant, seed)
                 commands[f"{task} {variant} seed{seed}"] = " ".join(cmd[1:])
-                if cfg.report_only:
+                if cfg.report_only or finished(run_dir(cfg, task, variant, seed), steps):
                     continue
                 start = time.perf_counter()
                 print(f"[study] {task} {variant} seed {seed}", flush=True)
