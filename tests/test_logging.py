@@ -163,3 +163,16 @@ def test_run_dir_writes_config_and_rejects_a_different_one(tmp_path):
         prepare_run_dir(run, {**config, "seed": 1, "agent": {"lr": 3e-4}})
     assert "\n" not in str(info.value)
     assert json.loads((run / "config.json").read_text()) == config
+
+
+def test_run_dir_from_before_an_option_existed_resumes_when_the_option_keeps_its_default(tmp_path):
+    """An option added after a run started is absent from its config.json: resuming is accepted
+    when the option is at its default, and refused (naming the option) when it is not."""
+    run = tmp_path / "run"
+    prepare_run_dir(run, {"env": "toy/pendulum", "seed": 0})
+    defaults = {"env": "dmc/cartpole-swingup", "seed": 0, "new_option": False}
+    assert prepare_run_dir(run, {"env": "toy/pendulum", "seed": 0, "new_option": False}, defaults=defaults) == run
+    with pytest.raises(RunDirError, match=r"new_option: False -> True"):
+        prepare_run_dir(run, {"env": "toy/pendulum", "seed": 0, "new_option": True}, defaults=defaults)
+    with pytest.raises(RunDirError, match=r"new_option"):
+        prepare_run_dir(run, {"env": "toy/pendulum", "seed": 0, "new_option": False})

@@ -95,7 +95,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     data = datasets.mix([datasets.load_dataset(d) for d in cfg.data], cfg.segment_length)
     tasks = task_set(data)
     agent = build_agent(cfg, tasks)
-    run_dir = prepare_run_dir(cfg.resolved_run_dir(), dataclasses.asdict(cfg), resume_keys_ignored=("progress",))
+    run_dir = prepare_run_dir(cfg.resolved_run_dir(), dataclasses.asdict(cfg), resume_keys_ignored=("progress",),
+                              defaults=dataclasses.asdict(type(cfg)()))
     atomic_write(run_dir / TASKS_FILE, json.dumps(dataclasses.asdict(tasks), indent=2).encode())
     eval_loop = LoopConfig(num_envs=1, steps_per_chunk=1, eval_episodes=cfg.eval_episodes)
     evaluators = [jax.jit(task_trainer(agent, tasks, i, eval_loop).evaluate) for i in range(len(tasks.names))]
@@ -207,5 +208,5 @@ def finetune(cfg: FinetuneConfig) -> Path:
     trainer = OnlineTrainer(TaskAgent(agent, task), PaddedEnv(env, tasks.obs_size, tasks.action_size),
                             loop_config(cfg, pre_cfg, env.spec))
     run_dir = prepare_run_dir(cfg.resolved_run_dir(), dataclasses.asdict(cfg),
-                              resume_keys_ignored=("progress", "save_dataset"))
+                              resume_keys_ignored=("progress", "save_dataset"), defaults=dataclasses.asdict(type(cfg)()))
     return train_online(trainer, cfg, run_dir, initial_agent=state)

@@ -69,6 +69,7 @@ def prepare_run_dir(
     config: Mapping[str, Any],
     *,
     resume_keys_ignored: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
 ) -> Path:
     """Creates the run directory and records or checks its config.
 
@@ -78,6 +79,9 @@ def prepare_run_dir(
         written with `str`). Written to `config.json` if that file is absent.
       resume_keys_ignored: keys whose value may differ on resume (e.g. "total_steps"
         or a nested "eval.video"); a dotted key also ignores everything below it.
+      defaults: the config's default values. A top-level key absent from an existing
+        `config.json` (an option added after that run was started) is taken to have
+        had its default, so such runs still resume when the option is left at it.
 
     Returns:
       The run directory as a `Path`.
@@ -95,7 +99,8 @@ def prepare_run_dir(
     if not config_path.exists():
         atomic_write(config_path, text.encode())
         return run_dir
-    old = _read_config(config_path)
+    old = {**{k: v for k, v in (defaults or {}).items()}, **_read_config(config_path)}
+    old = json.loads(json.dumps(old, sort_keys=True, default=str))
     diffs = _config_diffs(old, json.loads(text), tuple(resume_keys_ignored))
     if diffs:
         raise RunDirError(

@@ -67,7 +67,8 @@ def _progress_bar(cfg: LoopOptions, initial: int):
 def run_online(cfg: OnlineConfig) -> Path:
     """Train (or resume) an online run; returns the run directory."""
     trainer = build_trainer(cfg)
-    run_dir = prepare_run_dir(cfg.resolved_run_dir(), dataclasses.asdict(cfg), resume_keys_ignored=RESUMABLE_CHANGES)
+    run_dir = prepare_run_dir(cfg.resolved_run_dir(), dataclasses.asdict(cfg), resume_keys_ignored=RESUMABLE_CHANGES,
+                              defaults=dataclasses.asdict(type(cfg)()))
     return train_online(trainer, cfg, run_dir)
 
 
