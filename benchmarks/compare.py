@@ -11,16 +11,14 @@ task embeddings) for each model size.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
-from pathlib import Path
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import tyro
 
-from benchmarks.throughput import BenchConfig, device_info, measure, timed
+from benchmarks.throughput import BenchConfig, device_info, emit_report, measure, timed
 from mbdpo_jax.train.config import AgentOptions
 from mbdpo_jax.train.offline import TaskSet, build_agent
 
@@ -69,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                        "updates": result["updates"]}
     report = {"benchmark": "compare", "device": device_info(), "config": dataclasses.asdict(c), "online": algos,
               "pretrain": [pretrain_updates_per_s(s, c.batch_size, c.repeats) for s in c.pretrain_sizes]}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if c.out:
-        Path(c.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(c.out).write_text(text + "\n")
+    emit_report(report, c.out)
     return 0
 
 

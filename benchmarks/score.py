@@ -14,16 +14,14 @@ alone; its update is that of 'score_network').
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
-from pathlib import Path
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import tyro
 
-from benchmarks.throughput import device_info, timed
+from benchmarks.throughput import device_info, emit_report, timed
 from mbdpo_jax import envs
 from mbdpo_jax.agents import make_agent
 from mbdpo_jax.envs.wrappers import reset_batch
@@ -98,11 +96,7 @@ def measure(b: ScoreBenchConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     b = tyro.cli(ScoreBenchConfig, args=argv, description=__doc__)
-    text = json.dumps(measure(b), indent=2)
-    print(text)
-    if b.out:
-        Path(b.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(b.out).write_text(text + "\n")
+    emit_report(measure(b), b.out)
     return 0
 
 

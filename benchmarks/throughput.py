@@ -113,14 +113,18 @@ def measure(b: BenchConfig) -> dict:
     return {"benchmark": "throughput", "device": device_info(), "config": dataclasses.asdict(b), "results": results}
 
 
-def main(argv: list[str] | None = None) -> int:
-    b = tyro.cli(BenchConfig, args=argv, description=__doc__)
-    report = measure(b)
+def emit_report(report: dict, out: str | None) -> None:
+    """Print the report as JSON and, if `out` is given, also write it there."""
     text = json.dumps(report, indent=2)
     print(text)
-    if b.out:
-        Path(b.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(b.out).write_text(text + "\n")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    b = tyro.cli(BenchConfig, args=argv, description=__doc__)
+    emit_report(measure(b), b.out)
     return 0
 
 
