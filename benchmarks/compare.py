@@ -37,6 +37,8 @@ class CompareConfig:
     chunk_steps: int = 64
     pretrain_sizes: tuple[str, ...] = ("1M", "5M")
     """Model sizes whose offline update speed is measured."""
+    online: bool = True
+    """Measure the online algorithms (--no-online: offline pretraining speed only)."""
     repeats: int = 3
     out: Optional[str] = None
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     c = tyro.cli(CompareConfig, args=argv, description=__doc__)
     shared = {f.name for f in dataclasses.fields(BenchConfig)} & {f.name for f in dataclasses.fields(CompareConfig)}
     algos = {}
-    for algo in ("tdmpc2", "mbdpo"):
+    for algo in ("tdmpc2", "mbdpo") if c.online else ():
         result = measure(BenchConfig(algo=algo, **{k: getattr(c, k) for k in shared if k != "out"}))["results"]
         algos[algo] = {"planner_calls_per_s": 1e3 / result["planning"]["ms_per_plan_call"],
                        "planning": result["planning"], "end_to_end": result["end_to_end"],
