@@ -153,17 +153,11 @@ class MBDPO(TDMPC2):
         (with the energy bonus when on) and the first `score.batch` sequences of the batch.
         """
         n = min(self.cfg.score.batch, batch["obs"].shape[1])
-        params, bonus = state.core.params, self.step_bonus(state)
         task = None if batch.get("task") is None else batch["task"][:n]
-        z = jax.lax.stop_gradient(self.model.encode(params, batch["obs"][0, :n], task))
+        z = jax.lax.stop_gradient(self.model.encode(state.core.params, batch["obs"][0, :n], task))
         x0 = jnp.swapaxes(batch["action"][:, :n], 0, 1)
         k_pairs, k_mc, k_value = jax.random.split(key, 3)
         steps, x_k = self.score.training_pairs(k_pairs, x0)
-
-        def value_fn(cond):
-            z_i, task_i = cond
-            mask = self.model.action_mask(task_i)
-            return lambda acts: self.trajectory_value(params, z_i, acts * mask, k_value, task_i, bonus)
-
+        value_fn = lambda cond: self.planning_objective(state, cond[0], k_value, cond[1])
         x0_bar = self.score.targets(k_mc, value_fn, (z, task), x_k, steps)
         return self.score.update(state.score, z, x_k, steps, x0_bar)

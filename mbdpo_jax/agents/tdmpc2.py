@@ -174,6 +174,12 @@ class TDMPC2:
         a_h, _ = self.model.pi(params, z_h, k_pi, task)
         return ret + disc * self.model.q_value(params, z_h, a_h, k_q, task)
 
+    def planning_objective(self, state: Any, z: jax.Array, key: jax.Array, task: Any = None):
+        """J at latent z as a function of action sequences [N, H, A] -> [N]: `trajectory_value` with
+        the task's action mask and the agent's step bonus, as the planner scores candidates."""
+        params, mask, bonus = self.core_state(state).params, self.model.action_mask(task), self.step_bonus(state)
+        return lambda actions: self.trajectory_value(params, z, actions * mask, key, task, bonus)
+
     def act(self, state: Any, obs: jax.Array, plan_state: jax.Array, key: jax.Array,
             eval_mode: bool = False, task: Any = None) -> tuple[jax.Array, jax.Array, dict]:
         """Plan from one observation; plan_state is the shifted previous plan [H, A].
@@ -185,9 +191,9 @@ class TDMPC2:
         k_prior, k_value, k_plan = jax.random.split(key, 3)
         z = self.model.encode(params, obs, task)
         prior = self.rollout_prior(params, z, k_prior, self.cfg.planner.num_pi_trajs, task)
-        mask, bonus = self.model.action_mask(task), self.step_bonus(state)
-        value_fn = lambda actions: self.trajectory_value(params, z, actions * mask, k_value, task, bonus)
+        value_fn = self.planning_objective(state, z, k_value, task)
         action, plan, aux = self.run_planner(k_plan, value_fn, prior, plan_state, eval_mode)
+        mask = self.model.action_mask(task)
         action, aux["plan_action"] = action * mask, aux["plan_action"] * mask
         aux["prior_divergence"] = planner_prior_divergence(self.model, params, z, aux["elites"][:, 0],
                                                            aux["weights"], task)

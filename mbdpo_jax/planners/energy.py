@@ -82,7 +82,7 @@ class Energy:
         loss = jnp.sum(weight * bce) / jnp.maximum(weight.sum(), 1.0)
         correct = 0.5 * ((pos > 0).astype(jnp.float32) + (neg < 0).astype(jnp.float32))
         accuracy = jnp.sum(weight * correct) / jnp.maximum(weight.sum(), 1.0)
-        return loss, (jnp.concatenate([pos.ravel(), neg.ravel()]), accuracy)
+        return loss, (pos, neg, accuracy)
 
     def update(self, state: EnergyState, z: jax.Array, real: jax.Array, prior_action: jax.Array,
                weight: jax.Array, key: jax.Array) -> tuple[EnergyState, dict]:
@@ -94,19 +94,19 @@ class Energy:
         (`energy_hardest_<kind>`).
         """
         fake, kind_logits = self.hard_negatives(state.params, z, prior_action, key)
-        (loss, (logits, accuracy)), grads = jax.value_and_grad(self.loss, has_aux=True)(
+        (loss, (real_logit, fake_logit, accuracy)), grads = jax.value_and_grad(self.loss, has_aux=True)(
             state.params, z, real, fake, weight)
+        logits = jnp.concatenate([real_logit.ravel(), fake_logit.ravel()])
         updates, opt = self.tx.update(grads, state.opt, state.params)
         m = self.cfg.momentum
         mean = m * state.mean + (1 - m) * logits.mean()
         var = m * state.var + (1 - m) * jnp.mean((logits - mean) ** 2)
         new = EnergyState(optax.apply_updates(state.params, updates), opt, mean, var)
         return new, {"energy_loss": loss, "energy_accuracy": accuracy,
-                     **self._negative_diagnostics(state.params, z, real, kind_logits, weight)}
+                     **self._negative_diagnostics(real_logit, kind_logits, weight)}
 
-    def _negative_diagnostics(self, params: dict, z: jax.Array, real: jax.Array, kind_logits: jax.Array,
-                              weight: jax.Array) -> dict:
-        real_logit = jax.lax.stop_gradient(self.logit(params, z, real))
+    @staticmethod
+    def _negative_diagnostics(real_logit: jax.Array, kind_logits: jax.Array, weight: jax.Array) -> dict:
         hardest = jnp.argmax(kind_logits, axis=0)
         total = jnp.maximum(weight.sum(), 1.0)
         out = {}

@@ -99,7 +99,7 @@ def prepare_run_dir(
     if not config_path.exists():
         atomic_write(config_path, text.encode())
         return run_dir
-    old = {**{k: v for k, v in (defaults or {}).items()}, **_read_config(config_path)}
+    old = {**(defaults or {}), **_read_config(config_path)}
     old = json.loads(json.dumps(old, sort_keys=True, default=str))
     diffs = _config_diffs(old, json.loads(text), tuple(resume_keys_ignored))
     if diffs:
