@@ -4,7 +4,8 @@
 
 On one of the pretraining tasks the agent keeps that task's embedding; on a new task (multi-task
 models only) it gets a new embedding, initialised to the mean of the others. The first
-evaluation (env step 0) is the pretrained model's, unchanged.
+evaluation (env step 0) is the pretrained model's, unchanged. The agent's settings are the
+pretrained run's.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from mbdpo_jax.train.config import FinetuneConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = tyro.cli(FinetuneConfig, args=argv, description=__doc__)
+    cfg = tyro.cli(FinetuneConfig, args=argv, description=__doc__, config=(tyro.conf.OmitArgPrefixes,))
     from experiments.common import run_or_explain
     from mbdpo_jax.train.offline import finetune
 

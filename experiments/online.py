@@ -1,22 +1,26 @@
-"""Train an agent online: `python -m experiments.online --algo tdmpc2 --env dmc/cartpole-swingup`.
+"""Train an agent online: `python -m experiments.online [ALGO] --env dmc/cartpole-swingup [flags]`.
 
-Every option (with its default) is listed by `--help`. Rerunning with the same --run-dir resumes.
+`python -m experiments.online ALGO --help` lists every setting of ALGO with its default. Rerunning
+with the same --run-dir resumes.
 """
 from __future__ import annotations
 
 import sys
 
-import tyro
+from experiments.common import parse_config, run_or_explain, split_algorithm
 
-from mbdpo_jax.train.config import OnlineConfig
+DEFAULT_ALGORITHM = "mbdpo"
+PROG = "python -m experiments.online"
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = tyro.cli(OnlineConfig, args=argv, description=__doc__)
-    from experiments.common import run_or_explain
+    from mbdpo_jax.train.config import LoopOptions, OnlineConfig
+
+    algo, args = split_algorithm(argv, DEFAULT_ALGORITHM, PROG, __doc__)
+    agent, loop = parse_config(algo, "loop", LoopOptions(), args, PROG, __doc__)
     from mbdpo_jax.train.runner import run_online
 
-    return run_or_explain(lambda: run_online(cfg))
+    return run_or_explain(lambda: run_online(OnlineConfig(agent=agent, loop=loop)))
 
 
 if __name__ == "__main__":

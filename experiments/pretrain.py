@@ -1,6 +1,6 @@
 """Pretrain one (multi-task) world model offline on datasets:
 
-    python -m experiments.pretrain --algo mbdpo --data DIR1 DIR2 --model-size 5M --steps 20000 --run-dir R
+    python -m experiments.pretrain [ALGO] --data DIR1 DIR2 --model-size 5M --steps 20000 --run-dir R
 
 One task per distinct env among the datasets (observations and actions zero-padded to the largest,
 task embeddings and action masks when there are several). Every evaluation runs each task in its
@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import sys
 
-import tyro
+from experiments.common import parse_config, run_or_explain, split_algorithm
 
-from mbdpo_jax.train.config import PretrainConfig
+PROG = "python -m experiments.pretrain"
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = tyro.cli(PretrainConfig, args=argv, description=__doc__)
-    from experiments.common import run_or_explain
+    from mbdpo_jax.train.config import PretrainConfig, PretrainOptions
+
+    algo, args = split_algorithm(argv, "mbdpo", PROG, __doc__)
+    agent, offline = parse_config(algo, "offline", PretrainOptions(), args, PROG, __doc__)
     from mbdpo_jax.train.offline import pretrain
 
-    return run_or_explain(lambda: pretrain(cfg))
+    return run_or_explain(lambda: pretrain(PretrainConfig(agent=agent, offline=offline)))
 
 
 if __name__ == "__main__":

@@ -1,34 +1,51 @@
-"""Agents, one module per algorithm, and `make_agent` to build one from an experiment config."""
+"""Agents, one module per algorithm, each composed from the shared pieces of models/ and planners/.
+
+`ALGORITHMS` maps a name to its (config class, agent class); `make_agent` builds one. Adding an
+algorithm: write its module (a frozen config dataclass with `validate()`, and an agent class
+following one protocol of `agents.protocols`), then register it here.
+"""
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from mbdpo_jax.envs.base import EnvSpec
-from mbdpo_jax.train.config import ALGORITHMS, AgentOptions
+
+# name -> (module, config class name, agent class name); modules are imported on first use.
+_REGISTRY: dict[str, tuple[str, str, str]] = {
+    "mbdpo": ("mbdpo_jax.agents.mbdpo", "MBDPOConfig", "MBDPO"),
+    "tdmpc2": ("mbdpo_jax.agents.tdmpc2", "TDMPC2Config", "TDMPC2"),
+}
+ALGORITHMS = tuple(_REGISTRY)
 
 
-def make_agent(cfg: AgentOptions, spec: EnvSpec, num_tasks: int = 1, action_masks: Any = None) -> Any:
-    """The agent named by cfg.algo, configured from the experiment config."""
-    common = dict(model_size=cfg.model_size, horizon=cfg.horizon, lr=cfg.lr, batch_size=cfg.batch_size,
-                  num_tasks=num_tasks)
-    if cfg.algo == "tdmpc2":
-        from mbdpo_jax.agents.tdmpc2 import TDMPC2, TDMPC2Config
-        from mbdpo_jax.planners.mppi import MPPIConfig
+class UnknownAlgorithmError(ValueError):
+    """An algorithm name that is not registered."""
 
-        planner = MPPIConfig(horizon=cfg.horizon, iterations=cfg.iterations, num_samples=cfg.num_samples,
-                             num_elites=cfg.num_elites, num_pi_trajs=cfg.num_pi_trajs, temperature=cfg.temperature)
-        return TDMPC2(TDMPC2Config(planner=planner, **common), spec, action_masks)
-    if cfg.algo == "mbdpo":
-        from mbdpo_jax.agents.mbdpo import MBDPO, MBDPOConfig
-        from mbdpo_jax.planners.mbd import MBDConfig
-        from mbdpo_jax.planners.score import ScoreConfig
 
-        planner = MBDConfig(horizon=cfg.horizon, diffusion_steps=cfg.diffusion_steps, beta_start=cfg.beta_start,
-                            beta_end=cfg.beta_end, num_samples=cfg.num_samples, num_elites=cfg.num_elites,
-                            num_pi_trajs=cfg.num_pi_trajs, temperature=cfg.temperature,
-                            exploration_std=cfg.exploration_std)
-        return MBDPO(MBDPOConfig(planner=planner, eta=cfg.eta, use_energy=cfg.use_energy,
-                                 distill_coef=cfg.distill_coef, use_score_network=cfg.use_score_network,
-                                 score_only=cfg.score_only, score=ScoreConfig(mc_samples=cfg.score_samples),
-                                 **common), spec, action_masks)
-    raise ValueError(f"unknown algorithm {cfg.algo!r}; allowed: {', '.join(ALGORITHMS)}")
+def _entry(algo: str) -> tuple[Any, Any]:
+    if algo not in _REGISTRY:
+        raise UnknownAlgorithmError(f"unknown algorithm {algo!r}; allowed: {', '.join(ALGORITHMS)}")
+    module, config_name, agent_name = _REGISTRY[algo]
+    mod = importlib.import_module(module)
+    return getattr(mod, config_name), getattr(mod, agent_name)
+
+
+def config_class(algo: str) -> type:
+    """The config dataclass of `algo`."""
+    return _entry(algo)[0]
+
+
+def algorithm_of(config: Any) -> str:
+    """The registered name of an agent config instance."""
+    for name in ALGORITHMS:
+        if type(config) is config_class(name):
+            return name
+    raise UnknownAlgorithmError(f"{type(config).__name__} is not the config of a registered algorithm "
+                                f"({', '.join(ALGORITHMS)})")
+
+
+def make_agent(config: Any, spec: EnvSpec, num_tasks: int = 1, action_masks: Any = None) -> Any:
+    """The agent of `config` (an algorithm's config instance) for env `spec`."""
+    _, agent_cls = _entry(algorithm_of(config))
+    return agent_cls(config, spec, num_tasks, action_masks)

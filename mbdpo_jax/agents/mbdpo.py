@@ -1,163 +1,193 @@
 """MBDPO: policy optimisation as reverse diffusion over searched trajectories in a latent world model.
 
-Everything TD-MPC2 learns (world model, Q ensemble, prior; same losses and coefficients) is
-reused; what changes:
-  * acting: MPPI is replaced by model-based reverse diffusion (`planners.mbd`) over action
-    sequences, targeting exp(J / lambda) with
-    J = sum_t gamma^t [r_hat + eta * F_norm(z_t, a_t)] + gamma^H * Q(z_H, pi(z_H));
-  * an implicit energy F(z, a) (`planners.energy`), a real-vs-generated action classifier, anchors
-    the search to actions seen in the data (switch off with use_energy=False);
-  * the prior is also distilled towards the planner's actions (plan -> distill -> plan from the new
-    prior: the G-iteration of REFERENCE.md's incoherence section), weight `distill_coef`;
-  * optionally (use_score_network) an amortised score network s_phi(z, x_k, k) (`planners.score`)
-    is trained on Monte-Carlo score targets after each update; with score_only it replaces the
-    candidate rollouts in acting (`mbd.plan_score_only`). Without score_only the network only trains
-    (its loss shows whether score-only acting is safe) and acting keeps the Monte-Carlo planner:
-    MBDPO's code, with the network on, also evaluates all candidates but then discards their score
-    for the network's, which gives the score-only plan at the full Monte-Carlo cost.
+TD-MPC2's pieces (`models.learner.LatentLearner`: world model, Q ensemble, prior, same losses and
+coefficients) composed with what differs:
+  * acting: model-based reverse diffusion (`planners.mbd`) over action sequences instead of MPPI,
+    targeting exp(J / lambda) with J = sum_t gamma^t [r_hat + eta * F_norm(z_t, a_t)] + gamma^H Q(z_H, pi(z_H));
+  * an implicit energy F(z, a) (`models.classifier.ActionEnergy`), a real-vs-generated action
+    classifier trained jointly with the world model (same optimiser, same clip) on the
+    dynamics-rolled latents, that anchors the search to actions seen in the data (use_energy=False
+    switches it off);
+  * optionally, distillation of the planner's actions into the prior (`distill_coef` > 0; ours, off
+    by default as in the official code: plan -> distil -> plan from the new prior is the
+    G-iteration of Karwowski et al., 2025);
+  * optionally (use_score_network), an amortised score network s_phi(z, x_k, k) (`planners.score`)
+    trained on Monte-Carlo score targets; with score_only it replaces the candidate rollouts in
+    acting (`mbd.plan_score_only`).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from mbdpo_jax.agents.tdmpc2 import TDMPC2, TDMPC2Config, TDMPC2State, sequence_mask
 from mbdpo_jax.envs.base import EnvSpec
-from mbdpo_jax.planners import mbd
-from mbdpo_jax.planners.energy import Energy, EnergyConfig, EnergyState
+from mbdpo_jax.models.classifier import ActionEnergy, EnergyConfig, Normalizer
+from mbdpo_jax.models.learner import LatentLearner, LearnerConfig, LearnerState
+from mbdpo_jax.planners import latent, mbd, mppi
 from mbdpo_jax.planners.score import ScoreConfig, ScoreModel, ScoreState
 
 
 @dataclasses.dataclass(frozen=True)
-class MBDPOConfig(TDMPC2Config):
-    """TD-MPC2's settings plus the diffusion planner, the energy and prior distillation."""
+class MBDPOConfig:
+    """MBDPO's settings; defaults are the official code's."""
 
+    learner: LearnerConfig = LearnerConfig()
     planner: mbd.MBDConfig = mbd.MBDConfig()
-    eta: float = 0.01
-    use_energy: bool = True
     energy: EnergyConfig = EnergyConfig()
-    distill_coef: float = 0.1  # ours: REFERENCE.md gives no value
-    use_score_network: bool = False
-    score_only: bool = False
     score: ScoreConfig = ScoreConfig()
+    eta: float = 0.01
+    """Weight of the normalised energy F in the planning objective."""
+    use_energy: bool = True
+    """Train the implicit energy F(z, a) and add eta * F to the planning objective."""
+    distill_coef: float = 0.0
+    """Weight of distilling the planner's actions into the policy prior (ours; 0 = off, as the official code)."""
+    use_score_network: bool = False
+    """Train an amortised score network s_phi(z, x_k, k) on Monte-Carlo score targets after each update."""
+    score_only: bool = False
+    """Plan by reverse diffusion on s_phi alone, without candidate rollouts (needs use_score_network)."""
 
     def validate(self) -> None:
-        super().validate()
+        self.learner.validate()
+        self.planner.validate()
+        self.energy.validate()
+        if self.eta < 0 or self.distill_coef < 0:
+            raise ValueError(f"need eta ({self.eta}) and distill-coef ({self.distill_coef}) >= 0")
         if self.score_only and not self.use_score_network:
-            raise ValueError("score_only=True needs use_score_network=True (score-only planning uses the "
-                             "trained score network)")
+            raise ValueError("--score-only needs --use-score-network (score-only planning uses the trained score "
+                             "network)")
         if self.use_score_network:
             self.score.validate()
 
 
 @struct.dataclass
 class MBDPOState:
-    core: TDMPC2State
-    energy: EnergyState
+    learner: LearnerState
+    energy_stats: Normalizer
+    score: Optional[ScoreState] = None
 
 
-@struct.dataclass
-class MBDPOScoreState(MBDPOState):
-    """MBDPOState plus s_phi (use_score_network); a separate class so that default MBDPO states, and
-    the checkpoints already written from them, keep their layout."""
+class MBDPO:
+    """MBDPO agent; the same pure-function interface as TDMPC2 (`agents.protocols.OffPolicyAgent`)."""
 
-    score: ScoreState
-
-
-class MBDPO(TDMPC2):
-    """MBDPO agent; same pure-function interface as TDMPC2."""
-
-    def __init__(self, cfg: MBDPOConfig, spec: EnvSpec, action_masks: Any = None):
-        super().__init__(cfg, spec, action_masks)
-        self.energy = Energy(cfg.energy, self.model.cfg.latent_dim, spec.action_size, self.model.cfg.mlp_dim)
-        self.score = ScoreModel(cfg.score, cfg.planner, self.model.cfg.latent_dim, spec.action_size,
-                                self.model.cfg.mlp_dim) if cfg.use_score_network else None
+    def __init__(self, cfg: MBDPOConfig, spec: EnvSpec, num_tasks: int = 1, action_masks: Any = None):
+        cfg.validate()
+        self.cfg, self.spec = cfg, spec
+        self.learner = LatentLearner(cfg.learner, spec, num_tasks, action_masks)
+        self.model = self.learner.model
+        self.horizon, self.batch_size = cfg.learner.horizon, cfg.learner.batch_size
+        wm = self.model.cfg
+        self.energy = ActionEnergy(cfg.energy, wm.latent_dim + (wm.task_dim if wm.multitask else 0), spec.action_size,
+                                   wm.mlp_dim)
+        self.planner_cfg = dataclasses.replace(cfg.planner, horizon=self.horizon)
+        self.score = ScoreModel(cfg.score, self.planner_cfg, wm.latent_dim, spec.action_size,
+                                wm.mlp_dim) if cfg.use_score_network else None
+        self.replay_extras = {"plan_action": (spec.action_size,), "planned": ()} if cfg.distill_coef > 0 else {}
 
     def init(self, key: jax.Array) -> MBDPOState:
-        k_core, k_energy = jax.random.split(key)
-        core, energy = super().init(k_core), self.energy.init(k_energy)
-        if self.score is None:
-            return MBDPOState(core, energy)
-        return MBDPOScoreState(core, energy, self.score.init(jax.random.fold_in(key, 2)))
+        k_learner, k_energy, k_score = jax.random.split(key, 3)
+        extra = {"energy": self.energy.init(k_energy)} if self.cfg.use_energy else None
+        score = None if self.score is None else self.score.init(k_score)
+        return MBDPOState(self.learner.init(k_learner, extra), Normalizer.create(), score)
 
-    def core_state(self, state: MBDPOState) -> TDMPC2State:
-        return state.core
+    def initial_act_carry(self) -> jax.Array:
+        """The previous plan x_0 [H, A] (zeros at an episode start)."""
+        return jnp.zeros((self.horizon, self.spec.action_size))
 
-    def step_bonus(self, state: MBDPOState):
-        """Per-step eta * F_norm(z, a) added to the planning objective (None when disabled)."""
+    def next_act_carry(self, plan: jax.Array, episode_started: jax.Array) -> jax.Array:
+        return mppi.shift_warm_start(plan, episode_started)
+
+    # ---- acting -----------------------------------------------------------------------------
+    def step_bonus(self, state: MBDPOState, task: Any = None):
+        """Per-step eta * F_norm(z, a) of the planning objective (None when the energy is off)."""
         if not self.cfg.use_energy or self.cfg.eta == 0:
             return None
-        return lambda z, a: self.cfg.eta * self.energy.normalized(state.energy, z, a)
+        params = state.learner.params
+        return lambda z, a: self.cfg.eta * self.energy.normalized(
+            params["energy"], state.energy_stats, self.model._with_task(params, z, task), a)
 
-    def act(self, state: MBDPOState, obs: jax.Array, plan_state: jax.Array, key: jax.Array,
+    def act(self, state: MBDPOState, obs: jax.Array, warm_start: jax.Array, key: jax.Array,
             eval_mode: bool = False, task: Any = None) -> tuple[jax.Array, jax.Array, dict]:
-        """TD-MPC2's act with the diffusion planner; with score_only, reverse diffusion on s_phi alone.
+        """Reverse diffusion from one observation; with score_only, on s_phi alone (no candidates;
+        'prior_divergence' is then NaN: there is no sample-based planner distribution)."""
+        params = state.learner.params
+        if self.cfg.score_only:
+            return self._act_score_only(state, obs, warm_start, key, eval_mode, task)
+        planner = lambda k, value_fn, prior, warm, ev: mbd.plan(k, value_fn, prior, warm, self.planner_cfg, ev)
+        return latent.plan_from_observation(self.model, params, obs, warm_start, key, planner,
+                                            self.cfg.planner.num_pi_trajs, self.learner.discount_of(task), eval_mode,
+                                            task, self.step_bonus(state, task))
 
-        Score-only planning happens here rather than in `run_planner` because it needs the latent z0
-        and s_phi's parameters, which that hook does not receive. Its aux 'prior_divergence' is NaN:
-        there is no sample-based planner distribution to compare the prior with.
-        """
-        if not self.cfg.score_only:
-            return super().act(state, obs, plan_state, key, eval_mode, task)
-        z = self.model.encode(state.core.params, obs, task)
+    def _act_score_only(self, state, obs, warm_start, key, eval_mode, task):
+        z = self.model.encode(state.learner.params, obs, task)
         score_fn = lambda x, k: self.score.score(state.score.params, z, x, k)
-        action, plan, aux = mbd.plan_score_only(key, score_fn, plan_state, self.cfg.planner, eval_mode)
+        action, plan, aux = mbd.plan_score_only(key, score_fn, warm_start, self.planner_cfg, eval_mode)
         mask = self.model.action_mask(task)
         action, aux["plan_action"] = action * mask, aux["plan_action"] * mask
+        aux["planned"] = jnp.ones((), action.dtype)
         aux["prior_divergence"] = jnp.full((), jnp.nan, action.dtype)
         return action, plan, aux
 
-    def run_planner(self, key, value_fn, prior, plan_state, eval_mode):
-        """Reverse diffusion instead of MPPI; plan_state is the shifted previous plan x_0."""
-        return mbd.plan(key, value_fn, prior, plan_state, self.cfg.planner, eval_mode)
+    # ---- learning ---------------------------------------------------------------------------
+    def energy_loss(self, params: dict, zs: jax.Array, mask: jax.Array, batch: dict, key: jax.Array):
+        """F's BCE on the dynamics-rolled latents (detached) against hard negatives drawn from the
+        prior before the update (MBDPO's official code)."""
+        task = batch.get("task")
+        k_pi, k_neg = jax.random.split(key)
+        frozen = jax.lax.stop_gradient(params)
+        z = zs[:-1]
+        prior_action, _ = self.model.pi(frozen, z, k_pi, task)
+        x = self.model._with_task(frozen, z, task)
+        loss, aux = self.energy.loss(params["energy"], x, batch["action"], prior_action, mask[:-1], k_neg)
+        return self.cfg.energy.energy_coef * loss, aux
 
-    def pi_loss(self, pi_params, params, q_scale, zs, mask, batch, key):
-        """TD-MPC2's prior loss plus distillation: - distill_coef * rho^t-weighted log pi(planner action)."""
-        loss, aux = super().pi_loss(pi_params, params, q_scale, zs, mask, batch, key)
-        if self.cfg.distill_coef == 0:
-            return loss, aux
+    def distill_term(self, pi_params: dict, params: dict, zs: jax.Array, mask: jax.Array, batch: dict) -> jax.Array:
+        """distill_coef * rho^t-weighted -log pi(planner action | z_t) over planned transitions."""
         log_pi = self.model.pi_log_prob({**params, "pi": pi_params}, zs[:-1], batch["plan_action"], batch.get("task"))
-        rho = (self.cfg.rho ** jnp.arange(log_pi.shape[0]))[:, None]
+        rho = (self.cfg.learner.losses.rho ** jnp.arange(log_pi.shape[0]))[:, None]
         weight = rho * mask[:-1] * batch["planned"]
-        distill = -jnp.sum(weight * log_pi) / jnp.maximum(jnp.sum(weight), 1.0)
-        return loss + self.cfg.distill_coef * distill, aux
+        return -self.cfg.distill_coef * jnp.sum(weight * log_pi) / jnp.maximum(jnp.sum(weight), 1.0)
 
     def update(self, state: MBDPOState, batch: dict, key: jax.Array) -> tuple[MBDPOState, dict]:
-        """TD-MPC2's update (with distillation), one step of the energy classifier, then (if on) one
-        step of the score network against targets computed with the updated model and energy."""
-        k_core, k_pi, k_energy = jax.random.split(key, 3)
-        core, metrics = super().update(state.core, batch, k_core)
-        energy = state.energy
+        """TD-MPC2's update with F in the world-model loss (and distillation when on), the EMA of F's
+        logit statistics, then (if on) one step of the score network with the updated model."""
+        k_learner, k_score = jax.random.split(key)
+        extra = self.energy_loss if self.cfg.use_energy else None
+        distill = self.distill_term if self.cfg.distill_coef > 0 else None
+        learner, metrics, energy_aux = self.learner.update(state.learner, batch, k_learner, extra, distill)
+        stats = state.energy_stats
         if self.cfg.use_energy:
-            task = batch.get("task")
-            z = jax.lax.stop_gradient(self.model.encode(core.params, batch["obs"], task))
-            prior_action, _ = self.model.pi(core.params, z, k_pi, task)
-            energy, energy_metrics = self.energy.update(state.energy, z, batch["action"], prior_action,
-                                                        sequence_mask(batch["end"]), k_energy)
+            logits, energy_metrics = energy_aux
+            stats = stats.update(logits, self.cfg.energy.energy_momentum)
             metrics = {**metrics, **energy_metrics}
-        new = state.replace(core=core, energy=energy)
-        if not self.cfg.use_score_network:
+        new = state.replace(learner=learner, energy_stats=stats)
+        if self.score is None:
             return new, metrics
-        score, score_metrics = self.update_score(new, batch, jax.random.fold_in(key, 3))
+        score, score_metrics = self.update_score(new, batch, k_score)
         return new.replace(score=score), {**metrics, **score_metrics}
 
-    def update_score(self, state: MBDPOScoreState, batch: dict, key: jax.Array) -> tuple[ScoreState, dict]:
+    def update_score(self, state: MBDPOState, batch: dict, key: jax.Array) -> tuple[ScoreState, dict]:
         """One step of s_phi on Monte-Carlo targets at forward-noised replay action sequences.
 
         Pairs: z = stop-grad latent of each sequence's first observation, x0 = its H actions, k uniform
         over 1..K, x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps; targets use the planning objective J
-        (with the energy bonus when on) and the first `score.batch` sequences of the batch.
+        (with the energy bonus when on) and the first `score_batch` sequences of the batch.
         """
+        params = state.learner.params
         n = min(self.cfg.score.batch, batch["obs"].shape[1])
         task = None if batch.get("task") is None else batch["task"][:n]
-        z = jax.lax.stop_gradient(self.model.encode(state.core.params, batch["obs"][0, :n], task))
+        z = jax.lax.stop_gradient(self.model.encode(params, batch["obs"][0, :n], task))
         x0 = jnp.swapaxes(batch["action"][:, :n], 0, 1)
         k_pairs, k_mc, k_value = jax.random.split(key, 3)
         steps, x_k = self.score.training_pairs(k_pairs, x0)
-        value_fn = lambda cond: self.planning_objective(state, cond[0], k_value, cond[1])
+
+        def value_fn(cond):
+            z_i, task_i = cond
+            return latent.planning_objective(self.model, params, z_i, k_value, self.learner.discount_of(task_i),
+                                             task_i, self.step_bonus(state, task_i))
+
         x0_bar = self.score.targets(k_mc, value_fn, (z, task), x_k, steps)
         return self.score.update(state.score, z, x_k, steps, x0_bar)

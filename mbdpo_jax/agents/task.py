@@ -16,8 +16,8 @@ class TaskAgent:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.agent, name)
 
-    def act(self, state: Any, obs: jax.Array, plan_state: jax.Array, key: jax.Array, eval_mode: bool = False):
-        return self.agent.act(state, obs, plan_state, key, eval_mode, task=jnp.int32(self.task))
+    def act(self, state: Any, obs: jax.Array, act_carry: Any, key: jax.Array, eval_mode: bool = False):
+        return self.agent.act(state, obs, act_carry, key, eval_mode, task=jnp.int32(self.task))
 
     def update(self, state: Any, batch: dict, key: jax.Array):
         task = jnp.full(batch["reward"].shape[1:], self.task, jnp.int32)

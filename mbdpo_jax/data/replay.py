@@ -1,9 +1,8 @@
 """On-device replay of transitions, sampled as fixed-length sequences (flashbax trajectory buffer).
 
 Each env writes one transition per step into its own row of the buffer's time axis. A stored
-transition is {obs, action, reward, next_obs, done, end, plan_action, planned}: `plan_action` is
-the planner's choice before exploration noise (what a prior is distilled towards), `planned` is 0
-for the random actions of the seed phase, `next_obs` is the env's `final_obs` (the
+transition is {obs, action, reward, next_obs, done, end} plus the agent's extras (entries of its
+act aux it asks to keep, e.g. MBDPO's planner action for distillation): `next_obs` is the env's `final_obs` (the
 true successor even when the env auto-reset) and `end` marks termination or truncation, so a
 sampled sequence that crosses an episode boundary is masked from that point on by the learner.
 """
@@ -29,26 +28,25 @@ def make_replay(spec: EnvSpec, capacity: int, num_envs: int, batch_size: int, ho
     )
 
 
-def example_transition(spec: EnvSpec) -> dict[str, jax.Array]:
-    """One transition with the right shapes and dtypes (to initialise the buffer)."""
+def example_transition(spec: EnvSpec, extras: dict[str, tuple[int, ...]] | None = None) -> dict[str, jax.Array]:
+    """One transition with the right shapes and dtypes (to initialise the buffer); `extras` maps the
+    agent's extra fields to their per-env shapes."""
     return {
+        **{name: jnp.zeros(shape, jnp.float32) for name, shape in (extras or {}).items()},
         "obs": jnp.zeros(spec.obs_size, jnp.float32),
         "action": jnp.zeros(spec.action_size, jnp.float32),
         "reward": jnp.zeros((), jnp.float32),
         "next_obs": jnp.zeros(spec.obs_size, jnp.float32),
         "done": jnp.zeros((), jnp.float32),
         "end": jnp.zeros((), jnp.float32),
-        "plan_action": jnp.zeros(spec.action_size, jnp.float32),
-        "planned": jnp.zeros((), jnp.float32),
     }
 
 
-def transition(prev: EnvState, action: jax.Array, nxt: EnvState, plan_action: jax.Array,
-               planned: jax.Array) -> dict[str, jax.Array]:
-    """The batch of transitions produced by stepping `prev` with `action` into `nxt`."""
+def transition(prev: EnvState, action: jax.Array, nxt: EnvState, extras: dict[str, jax.Array] | None = None
+               ) -> dict[str, jax.Array]:
+    """The batch of transitions produced by stepping `prev` with `action` into `nxt` (plus extras)."""
     return {
-        "plan_action": plan_action,
-        "planned": jnp.broadcast_to(planned.astype(jnp.float32), nxt.reward.shape),
+        **{k: v.astype(jnp.float32) for k, v in (extras or {}).items()},
         "obs": prev.obs,
         "action": action,
         "reward": nxt.reward,

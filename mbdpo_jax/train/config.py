@@ -1,93 +1,27 @@
-"""Experiment configs: flat frozen dataclasses, so `tyro` turns every field into a flag.
+"""Experiment configs: an algorithm's own config (see `mbdpo_jax.agents`) plus the options of the loop
+that trains it. Frozen dataclasses, so tyro turns every field into a flag and config.json holds
+them all.
 
-`AgentOptions` holds what builds an agent (algorithm, model size, planner, learning); the online,
-pretraining and fine-tuning configs extend it with what their loops need.
+    OnlineConfig(agent=MBDPOConfig(), loop=LoopOptions(env="dmc/cartpole-swingup"))
+    PretrainConfig(agent=TDMPC2Config(), offline=PretrainOptions(data=("data/a", "data/b")))
+
+`to_dict` / `from_dict` convert to and from config.json (format `CONFIG_FORMAT`, algorithm by name).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import typing
+from typing import Any, Optional
 
-ALGORITHMS = ("mbdpo", "tdmpc2")
+from mbdpo_jax import agents
+
+CONFIG_FORMAT = 2
 
 
 def _require_positive(cfg: object, names: list[str]) -> None:
     for name in names:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
-
-
-@dataclasses.dataclass(frozen=True)
-class AgentOptions:
-    """What builds an agent."""
-
-    algo: str = "mbdpo"
-    """Algorithm: mbdpo (reverse-diffusion planning) or tdmpc2 (MPPI planning)."""
-    model_size: str = "5M"
-    """World-model preset: tiny, 1M, 5M, 19M, 48M, 317M."""
-    batch_size: int = 256
-    horizon: int = 3
-    """Model rollout horizon for learning and planning."""
-    lr: float = 3e-4
-    iterations: int = 6
-    """MPPI iterations (tdmpc2)."""
-    diffusion_steps: int = 20
-    """Reverse-diffusion steps K (mbdpo)."""
-    beta_start: float = 1e-4
-    """First beta of the linear noise schedule (mbdpo)."""
-    beta_end: float = 1e-2
-    """Last beta of the linear noise schedule (mbdpo)."""
-    num_samples: int = 512
-    """Candidate action sequences per planner iteration / diffusion step."""
-    num_elites: int = 64
-    num_pi_trajs: int = 24
-    """Candidates proposed by rolling out the policy prior."""
-    temperature: float = 0.5
-    """MPPI temperature (tdmpc2) / lambda of exp(J / lambda) (mbdpo)."""
-    exploration_std: float = 0.05
-    """Gaussian noise added to the executed action while training (mbdpo)."""
-    use_energy: bool = True
-    """Train the implicit energy F(z, a) and add eta * F to the planning objective (mbdpo)."""
-    eta: float = 0.01
-    """Weight of the normalised energy in the planning objective (mbdpo)."""
-    distill_coef: float = 0.1
-    """Weight of distilling the planner's actions into the policy prior (mbdpo)."""
-    use_score_network: bool = False
-    """Train an amortised score network s_phi(z, x_k, k) on Monte-Carlo score targets after each update
-    (mbdpo); acting keeps the Monte-Carlo planner unless --score-only."""
-    score_only: bool = False
-    """Plan by reverse diffusion on s_phi alone, without candidate rollouts (mbdpo; needs
-    --use-score-network)."""
-    score_samples: int = 64
-    """Candidates per Monte-Carlo score target when training s_phi (mbdpo, --use-score-network)."""
-
-    def validate(self) -> None:
-        """Fail before anything compiles, naming the bad value and the allowed ones."""
-        from mbdpo_jax.models.world_model import PRESETS
-
-        if self.algo not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {self.algo!r}; allowed: {', '.join(ALGORITHMS)}")
-        if self.model_size not in PRESETS:
-            raise ValueError(f"unknown model size {self.model_size!r}; allowed: {', '.join(PRESETS)}")
-        _require_positive(self, ["batch_size", "horizon", "lr", "iterations", "diffusion_steps", "num_samples",
-                                 "num_elites", "temperature"])
-        if not (self.num_elites <= self.num_samples and 0 <= self.num_pi_trajs < self.num_samples):
-            raise ValueError(f"need 1 <= num-elites ({self.num_elites}) <= num-samples ({self.num_samples}) and "
-                             f"0 <= num-pi-trajs ({self.num_pi_trajs}) < num-samples")
-        if not 0 < self.beta_start <= self.beta_end < 1:
-            raise ValueError(f"need 0 < beta-start ({self.beta_start}) <= beta-end ({self.beta_end}) < 1")
-        if self.eta < 0 or self.distill_coef < 0 or self.exploration_std < 0:
-            raise ValueError(f"need eta ({self.eta}), distill-coef ({self.distill_coef}) and exploration-std "
-                             f"({self.exploration_std}) >= 0")
-        self._validate_score_options()
-
-    def _validate_score_options(self) -> None:
-        if self.algo != "mbdpo" and (self.use_score_network or self.score_only):
-            raise ValueError(f"--use-score-network and --score-only apply to --algo mbdpo only, got algo={self.algo!r}")
-        if self.score_only and not self.use_score_network:
-            raise ValueError("--score-only needs --use-score-network (score-only planning uses the trained score "
-                             "network)")
-        _require_positive(self, ["score_samples"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +52,7 @@ class LoopOptions:
     progress: bool = True
     """Show a progress bar."""
 
-    def validate_loop(self) -> None:
+    def validate(self) -> None:
         _require_positive(self, ["steps", "num_envs", "buffer_size", "eval_every", "eval_episodes",
                                  "updates_per_step"])
         if self.seed_steps is not None and self.seed_steps < 0:
@@ -130,23 +64,31 @@ class LoopOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class OnlineConfig(LoopOptions, AgentOptions):
+class OnlineConfig:
     """Train an agent online on one environment.
 
     Env steps count agent steps (transitions); each is `action_repeat` control steps of the env.
     """
 
+    agent: Any
+    """The algorithm's config (e.g. `MBDPOConfig()`); its type names the algorithm."""
+    loop: LoopOptions = LoopOptions()
+
+    @property
+    def algo(self) -> str:
+        return agents.algorithm_of(self.agent)
+
     def resolved_run_dir(self) -> str:
-        return self.run_dir or f"runs/{self.algo}-{self.env.replace('/', '-')}-s{self.seed}"
+        return self.loop.run_dir or f"runs/{self.algo}-{self.loop.env.replace('/', '-')}-s{self.loop.seed}"
 
     def validate(self) -> None:
-        super().validate()
-        self.validate_loop()
+        self.agent.validate()
+        self.loop.validate()
 
 
 @dataclasses.dataclass(frozen=True)
-class PretrainConfig(AgentOptions):
-    """Pretrain one (multi-task) world model and prior offline on datasets, evaluating in the real envs."""
+class PretrainOptions:
+    """What drives offline pretraining on datasets."""
 
     data: tuple[str, ...] = ()
     """Dataset directories (see experiments.collect); one task per distinct env."""
@@ -162,36 +104,132 @@ class PretrainConfig(AgentOptions):
     """Run directory; empty means runs/pretrain-<algo>-<model-size>-s<seed>. Rerun to resume."""
     progress: bool = True
 
-    def resolved_run_dir(self) -> str:
-        return self.run_dir or f"runs/pretrain-{self.algo}-{self.model_size}-s{self.seed}"
-
     def validate(self) -> None:
-        super().validate()
         if not self.data:
             raise ValueError("--data needs at least one dataset directory")
         _require_positive(self, ["steps", "eval_every", "eval_episodes", "segment_length"])
-        if self.segment_length <= self.horizon:
-            raise ValueError(f"segment-length ({self.segment_length}) must exceed horizon ({self.horizon})")
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneConfig(LoopOptions):
+class PretrainConfig:
+    """Pretrain one (multi-task) world model and prior offline on datasets, evaluating in the real envs."""
+
+    agent: Any
+    offline: PretrainOptions = PretrainOptions()
+
+    @property
+    def algo(self) -> str:
+        return agents.algorithm_of(self.agent)
+
+    def resolved_run_dir(self) -> str:
+        size = self.agent.learner.model_size
+        return self.offline.run_dir or f"runs/pretrain-{self.algo}-{size}-s{self.offline.seed}"
+
+    def validate(self) -> None:
+        self.agent.validate()
+        self.offline.validate()
+        horizon = self.agent.learner.horizon
+        if self.offline.segment_length <= horizon:
+            raise ValueError(f"segment-length ({self.offline.segment_length}) must exceed horizon ({horizon})")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
     """Continue online from a pretrained run on one of its tasks, or on a new one (new task embedding).
 
-    Agent options (algorithm, model size, planner) are the pretrained run's.
+    The agent's config is the pretrained run's.
     """
 
     checkpoint: str = ""
     """Run directory written by experiments.pretrain."""
-    steps: int = 40_000
-    seed_steps: Optional[int] = 0
-    """Random-action steps before planning; the pretrained prior makes 0 reasonable."""
-    eval_every: int = 5_000
+    loop: LoopOptions = LoopOptions(steps=40_000, seed_steps=0, eval_every=5_000)
 
     def resolved_run_dir(self) -> str:
-        return self.run_dir or f"runs/finetune-{self.env.replace('/', '-')}-s{self.seed}"
+        return self.loop.run_dir or f"runs/finetune-{self.loop.env.replace('/', '-')}-s{self.loop.seed}"
 
     def validate(self) -> None:
         if not self.checkpoint:
             raise ValueError("--checkpoint must name a pretraining run directory")
-        self.validate_loop()
+        self.loop.validate()
+
+
+# ---- config.json ---------------------------------------------------------------------------------
+def to_dict(cfg: Any) -> dict:
+    """JSON-ready dict of an experiment config; the agent's config is stored with its algorithm name."""
+    out = {"format": CONFIG_FORMAT}
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if field.name == "agent":
+            out["algo"] = agents.algorithm_of(value)
+        out[field.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def from_dict(cls: type, raw: dict) -> Any:
+    """Inverse of `to_dict`; a ValueError names what does not fit (e.g. a run dir of an older format)."""
+    if raw.get("format") != CONFIG_FORMAT:
+        raise ValueError(f"config format {raw.get('format')!r} is not {CONFIG_FORMAT}: this run directory was "
+                         "written by an older mbdpo_jax (one flat config for every algorithm); its checkpoints do "
+                         "not match today's agent state, so start a new --run-dir")
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in raw:
+            continue
+        field_type = agents.config_class(raw["algo"]) if field.name == "agent" else _field_type(cls, field.name)
+        kwargs[field.name] = _build(field_type, raw[field.name])
+    return cls(**kwargs)
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _build(tp: Any, value: Any) -> Any:
+    """A value of type `tp` from its JSON form (nested dataclasses, tuples, optionals)."""
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(f"unknown {tp.__name__} setting(s) {', '.join(unknown)}")
+        return tp(**{k: _build(hints[k], v) for k, v in value.items()})
+    origin = typing.get_origin(tp)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if origin is typing.Union:
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return value if value is None or len(inner) != 1 else _build(inner[0], value)
+    return value
+
+
+# ---- flat names ----------------------------------------------------------------------------------
+def flat_fields(cfg: Any) -> dict[str, tuple[str, ...]]:
+    """{flag name (underscored): path of nested field names} of a config, as its command line names
+    them (nested configs contribute their fields without a prefix; names are unique)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if dataclasses.is_dataclass(value):
+            for name, path in flat_fields(value).items():
+                out[name] = (field.name,) + path
+        else:
+            out[field.name] = (field.name,)
+    return out
+
+
+def replace_flat(cfg: Any, **changes: Any) -> Any:
+    """`cfg` with settings changed by their flag names, wherever they live in the nested config:
+    `replace_flat(OnlineConfig(agent=TDMPC2Config()), env="toy/pendulum", num_samples=64)`."""
+    paths = flat_fields(cfg)
+    unknown = sorted(set(changes) - set(paths))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(paths))}")
+    for name, value in changes.items():
+        cfg = _replace_path(cfg, paths[name], value)
+    return cfg
+
+
+def _replace_path(cfg: Any, path: tuple[str, ...], value: Any) -> Any:
+    if len(path) == 1:
+        return dataclasses.replace(cfg, **{path[0]: value})
+    return dataclasses.replace(cfg, **{path[0]: _replace_path(getattr(cfg, path[0]), path[1:], value)})

@@ -7,10 +7,8 @@ one, or a new one with a new task embedding), and run the online loop from it.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +23,11 @@ from mbdpo_jax.data import datasets
 from mbdpo_jax.envs.base import EnvSpec
 from mbdpo_jax.envs.padded import PaddedEnv
 from mbdpo_jax.train import checkpoint
-from mbdpo_jax.train.config import FinetuneConfig, PretrainConfig
-from mbdpo_jax.train.logging import MetricsLogger, plot_learning_curve
-from mbdpo_jax.train.online import LoopConfig, OnlineTrainer
+from mbdpo_jax.train import host
+from mbdpo_jax.train.config import FinetuneConfig, PretrainConfig, from_dict, to_dict
+from mbdpo_jax.train.off_policy import LoopConfig, OffPolicyTrainer
 from mbdpo_jax.train.run_dir import atomic_write, checkpoints_dir, prepare_run_dir
-from mbdpo_jax.train.runner import NonFiniteLossError, check_finite, loop_config, train_online
+from mbdpo_jax.train.runner import loop_config, train_online
 
 TASKS_FILE = "tasks.json"
 
@@ -71,93 +69,74 @@ def task_set(data: datasets.MultiTaskData) -> TaskSet:
     return TaskSet(data.task_names, data.obs_sizes, data.action_sizes, data.episode_lengths, data.action_repeats)
 
 
-def build_agent(cfg: Any, tasks: TaskSet) -> Any:
-    """The (multi-task when several tasks) agent over the tasks' padded sizes."""
-    return make_agent(cfg, tasks.spec(), num_tasks=len(tasks.names), action_masks=tasks.action_masks)
+def build_agent(agent_cfg: Any, tasks: TaskSet) -> Any:
+    """The (multi-task when several tasks) agent of `agent_cfg` over the tasks' padded sizes."""
+    return make_agent(agent_cfg, tasks.spec(), num_tasks=len(tasks.names), action_masks=tasks.action_masks)
 
 
-def task_trainer(agent: Any, tasks: TaskSet, task: int, loop: LoopConfig) -> OnlineTrainer:
+def task_trainer(agent: Any, tasks: TaskSet, task: int, loop: LoopConfig) -> OffPolicyTrainer:
     """An online trainer (and evaluator) of `agent` bound to `task`, in that task's real env."""
     env = envs.make(tasks.names[task], action_repeat=tasks.action_repeats[task])
-    return OnlineTrainer(TaskAgent(agent, task), PaddedEnv(env, tasks.obs_size, tasks.action_size), loop)
+    return OffPolicyTrainer(TaskAgent(agent, task), PaddedEnv(env, tasks.obs_size, tasks.action_size), loop)
 
 
-def offline_batch(data: datasets.MultiTaskData, key: jax.Array, batch_size: int, horizon: int) -> dict:
-    """Sequences from the datasets, in the online replay's format (no planner actions to distil)."""
-    batch = datasets.sample_sequences(data, key, batch_size, horizon)
-    return {**batch, "plan_action": batch["action"], "planned": jnp.zeros_like(batch["reward"])}
+def offline_batch(agent: Any, data: datasets.MultiTaskData, key: jax.Array) -> dict:
+    """Sequences from the datasets in the online replay's format; the agent's replay extras are
+    zeros (datasets hold no planner outputs: e.g. nothing to distil)."""
+    batch = datasets.sample_sequences(data, key, agent.batch_size, agent.horizon)
+    h, b = batch["reward"].shape
+    return {**batch, **{k: jnp.zeros((h, b) + shape) for k, shape in agent.replay_extras.items()}}
 
 
 # ---- pretraining ------------------------------------------------------------------------------
-def pretrain(cfg: PretrainConfig) -> Path:
-    """Pretrain (or resume) on the datasets of cfg.data; returns the run directory."""
-    cfg.validate()
-    data = datasets.mix([datasets.load_dataset(d) for d in cfg.data], cfg.segment_length)
-    tasks = task_set(data)
-    agent = build_agent(cfg, tasks)
-    run_dir = prepare_run_dir(cfg.resolved_run_dir(), dataclasses.asdict(cfg), resume_keys_ignored=("progress",),
-                              defaults=dataclasses.asdict(type(cfg)()))
-    atomic_write(run_dir / TASKS_FILE, json.dumps(dataclasses.asdict(tasks), indent=2).encode())
-    eval_loop = LoopConfig(num_envs=1, steps_per_chunk=1, eval_episodes=cfg.eval_episodes)
+def pretrain_program(cfg: PretrainConfig, agent: Any, tasks: TaskSet, data: datasets.MultiTaskData) -> host.Program:
+    """The host loop's view of offline pretraining: chunks of `eval_every` updates on sampled
+    sequences, then every task evaluated in its real env."""
+    opts = cfg.offline
+    eval_loop = LoopConfig(num_envs=1, steps_per_chunk=1, eval_episodes=opts.eval_episodes)
     evaluators = [jax.jit(task_trainer(agent, tasks, i, eval_loop).evaluate) for i in range(len(tasks.names))]
-    key = jax.random.PRNGKey(cfg.seed)
+    key = jax.random.PRNGKey(opts.seed)
     eval_key = jax.random.fold_in(key, 1)
-    carry = {"agent": agent.init(key), "key": jax.random.fold_in(key, 2), "updates": jnp.zeros((), jnp.int32)}
+
+    def init():
+        return {"agent": agent.init(key), "key": jax.random.fold_in(key, 2), "updates": jnp.zeros((), jnp.int32)}
 
     def chunk(carry, data):
         def one(state, k):
             k_batch, k_update = jax.random.split(k)
-            return agent.update(state, offline_batch(data, k_batch, cfg.batch_size, cfg.horizon), k_update)
+            return agent.update(state, offline_batch(agent, data, k_batch), k_update)
 
         key, k_chunk = jax.random.split(carry["key"])
-        state, metrics = jax.lax.scan(one, carry["agent"], jax.random.split(k_chunk, cfg.eval_every))
-        new = {"agent": state, "key": key, "updates": carry["updates"] + cfg.eval_every}
+        state, metrics = jax.lax.scan(one, carry["agent"], jax.random.split(k_chunk, opts.eval_every))
+        new = {"agent": state, "key": key, "updates": carry["updates"] + opts.eval_every}
         return new, jax.tree.map(jnp.mean, metrics)
 
-    def evaluate(agent_state, updates):
+    def evaluate(carry, updates):
         k = jax.random.fold_in(eval_key, updates)
-        results = [jax.device_get(ev(agent_state, k)) for ev in evaluators]
+        results = [jax.device_get(ev(carry["agent"], k)) for ev in evaluators]
         row = {f"eval_return/{name}": float(r["eval_return"]) for name, r in zip(tasks.names, results)}
         return {"eval_return": float(np.mean(list(row.values()))), **row}
 
-    ckpt_dir = checkpoints_dir(run_dir)
-    logger = MetricsLogger(run_dir, step_key="updates")
-    restored = checkpoint.restore_latest_good(ckpt_dir, carry)
     chunk_fn = jax.jit(chunk)
-    if restored is None:
-        metric_names = jax.eval_shape(chunk, carry, data)[1]
-        logger.write({"updates": 0, "wall_time": 0.0, **evaluate(carry["agent"], 0),
-                      **{k: None for k in metric_names}})
-        checkpoint.save(ckpt_dir, 0, carry)
-        wall_offset = 0.0
-    else:
-        step, carry = restored
-        logger.truncate_after(step)
-        wall_offset = _last_wall_time(run_dir)
-    start = time.perf_counter()
-    try:
-        while int(carry["updates"]) < cfg.steps:
-            carry, metrics = chunk_fn(carry, data)  # data is an argument, not a constant baked into the program
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            updates = int(carry["updates"])
-            check_finite(metrics, updates, unit="update")
-            row = {"updates": updates, "wall_time": round(wall_offset + time.perf_counter() - start, 3),
-                   **evaluate(carry["agent"], updates), **metrics}
-            logger.write(row)
-            checkpoint.save(ckpt_dir, updates, carry)
-            if cfg.progress:
-                print(f"updates {updates}: eval return {row['eval_return']:.1f}, total loss {metrics['total_loss']:.4f}",
-                      flush=True)
-    finally:
-        logger.close()
-    plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png", x="updates")
+    metric_names = jax.eval_shape(chunk, jax.eval_shape(init), data)[1]
+    # data is an argument of the compiled chunk, not a constant baked into the program.
+    return host.Program(init=init, chunk=lambda carry: chunk_fn(carry, data), evaluate=evaluate,
+                        count=lambda carry: int(carry["updates"]), total=opts.steps, metric_names=metric_names,
+                        step_key="updates", unit="update", label="pretrain")
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Pretrain (or resume) on the datasets of cfg.offline.data; returns the run directory."""
+    cfg.validate()
+    data = datasets.mix([datasets.load_dataset(d) for d in cfg.offline.data], cfg.offline.segment_length)
+    tasks = task_set(data)
+    agent = build_agent(cfg.agent, tasks)
+    defaults = to_dict(PretrainConfig(agent=type(cfg.agent)()))
+    run_dir = prepare_run_dir(cfg.resolved_run_dir(), to_dict(cfg), resume_keys_ignored=("offline.progress",),
+                              defaults=defaults)
+    atomic_write(run_dir / TASKS_FILE, json.dumps(dataclasses.asdict(tasks), indent=2).encode())
+    host.run_program(pretrain_program(cfg, agent, tasks, data), run_dir, cfg.offline.progress)
     return run_dir
-
-
-def _last_wall_time(run_dir: Path) -> float:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return float(rows[-1]["wall_time"]) if rows else 0.0
 
 
 # ---- fine-tuning ------------------------------------------------------------------------------
@@ -167,10 +146,9 @@ def load_pretrained(run_dir: str | Path) -> tuple[PretrainConfig, TaskSet, Any]:
     for name in ("config.json", TASKS_FILE):
         if not (run_dir / name).is_file():
             raise ValueError(f"{run_dir} is not a pretraining run directory: {name} is missing")
-    raw = json.loads((run_dir / "config.json").read_text())
-    cfg = PretrainConfig(**{**raw, "data": tuple(raw["data"])})
+    cfg = from_dict(PretrainConfig, json.loads((run_dir / "config.json").read_text()))
     tasks = TaskSet(**{k: tuple(v) for k, v in json.loads((run_dir / TASKS_FILE).read_text()).items()})
-    agent = build_agent(cfg, tasks)
+    agent = build_agent(cfg.agent, tasks)
     template = {"agent": agent.init(jax.random.PRNGKey(0)), "key": jax.random.PRNGKey(0),
                 "updates": jnp.zeros((), jnp.int32)}
     restored = checkpoint.restore_latest_good(checkpoints_dir(run_dir), template)
@@ -182,31 +160,33 @@ def load_pretrained(run_dir: str | Path) -> tuple[PretrainConfig, TaskSet, Any]:
 def add_task_embedding(agent_state: Any, new_agent: Any, key: jax.Array) -> Any:
     """The pretrained state with one more task embedding (the mean of the others) and fresh
     world-model optimiser moments (their shapes changed); everything else is kept."""
-    core = agent_state.core if hasattr(agent_state, "core") else agent_state
-    emb = core.params["task_emb"]
-    params = {**core.params, "task_emb": jnp.concatenate([emb, emb.mean(0, keepdims=True)], 0)}
-    core = core.replace(params=params, model_opt=new_agent.model_tx.init(params))
-    return agent_state.replace(core=core) if hasattr(agent_state, "core") else core
+    nested = hasattr(agent_state, "learner")
+    learner = agent_state.learner if nested else agent_state
+    emb = learner.params["task_emb"]
+    params = {**learner.params, "task_emb": jnp.concatenate([emb, emb.mean(0, keepdims=True)], 0)}
+    learner = learner.replace(params=params, model_opt=new_agent.learner.model_tx.init(params))
+    return agent_state.replace(learner=learner) if nested else learner
 
 
 def finetune(cfg: FinetuneConfig) -> Path:
     """Fine-tune online (or resume); returns the run directory."""
     cfg.validate()
     pre_cfg, tasks, state = load_pretrained(cfg.checkpoint)
-    env = envs.make(cfg.env, action_repeat=cfg.action_repeat)
-    if cfg.env in tasks.names:
-        task = tasks.names.index(cfg.env)
-        agent = build_agent(pre_cfg, tasks)
+    loop = cfg.loop
+    env = envs.make(loop.env, action_repeat=loop.action_repeat)
+    if loop.env in tasks.names:
+        task = tasks.names.index(loop.env)
+        agent = build_agent(pre_cfg.agent, tasks)
     else:
         if len(tasks.names) == 1:
             raise ValueError(f"{cfg.checkpoint} was pretrained on the single task {tasks.names[0]!r} (no task "
-                             f"embeddings); fine-tune on it, or pretrain on several tasks to add {cfg.env!r}")
+                             f"embeddings); fine-tune on it, or pretrain on several tasks to add {loop.env!r}")
         tasks = tasks.with_task(env)
         task = len(tasks.names) - 1
-        agent = build_agent(pre_cfg, tasks)
-        state = add_task_embedding(state, agent, jax.random.PRNGKey(cfg.seed))
-    trainer = OnlineTrainer(TaskAgent(agent, task), PaddedEnv(env, tasks.obs_size, tasks.action_size),
-                            loop_config(cfg, pre_cfg, env.spec))
-    run_dir = prepare_run_dir(cfg.resolved_run_dir(), dataclasses.asdict(cfg),
-                              resume_keys_ignored=("progress", "save_dataset"), defaults=dataclasses.asdict(type(cfg)()))
-    return train_online(trainer, cfg, run_dir, initial_agent=state)
+        agent = build_agent(pre_cfg.agent, tasks)
+        state = add_task_embedding(state, agent, jax.random.PRNGKey(loop.seed))
+    trainer = OffPolicyTrainer(TaskAgent(agent, task), PaddedEnv(env, tasks.obs_size, tasks.action_size),
+                               loop_config(loop, env.spec))
+    config = {"format": to_dict(pre_cfg)["format"], **dataclasses.asdict(cfg)}
+    run_dir = prepare_run_dir(cfg.resolved_run_dir(), config, resume_keys_ignored=("loop.progress", "loop.save_dataset"))
+    return train_online(trainer, loop, run_dir, initial_agent=state)

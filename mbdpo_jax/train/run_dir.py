@@ -79,9 +79,10 @@ def prepare_run_dir(
         written with `str`). Written to `config.json` if that file is absent.
       resume_keys_ignored: keys whose value may differ on resume (e.g. "total_steps"
         or a nested "eval.video"); a dotted key also ignores everything below it.
-      defaults: the config's default values. A top-level key absent from an existing
+      defaults: the config's default values. A key absent from an existing
         `config.json` (an option added after that run was started) is taken to have
         had its default, so such runs still resume when the option is left at it.
+        A config with a "format" key is refused against a stored config of another format.
 
     Returns:
       The run directory as a `Path`.
@@ -99,7 +100,13 @@ def prepare_run_dir(
     if not config_path.exists():
         atomic_write(config_path, text.encode())
         return run_dir
-    old = {**(defaults or {}), **_read_config(config_path)}
+    stored = _read_config(config_path)
+    if stored.get("format") != config.get("format"):
+        raise RunDirError(
+            f"run directory {run_dir} was written in config format {stored.get('format', 1)!r}, not "
+            f"{config.get('format', 1)!r} (an older mbdpo_jax with one flat config for every algorithm); its "
+            "checkpoints do not fit today's agent state, so pick another --run-dir")
+    old = _deep_merge(defaults or {}, stored)
     old = json.loads(json.dumps(old, sort_keys=True, default=str))
     diffs = _config_diffs(old, json.loads(text), tuple(resume_keys_ignored))
     if diffs:
@@ -119,6 +126,17 @@ def _read_config(config_path: Path) -> dict[str, Any]:
     if not isinstance(old, dict):
         raise RunDirError(f"{config_path} does not hold a JSON object; pick another --run-dir")
     return old
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, merging nested dicts key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,35 +1,35 @@
-"""The off-policy online loop: one jitted `train_chunk` = lax.scan over
+"""The off-policy loop: one jitted `train_chunk` = lax.scan over
 {act for all envs (vmap) -> env step (vmap) -> replay insert -> gradient updates}.
 
-The host only evaluates, logs and checkpoints between chunks. `Carry` is the whole training state
-(agent, envs, replay, planner warm starts, PRNG key, counters), so a checkpoint is that pytree,
-and seeds vmap over it.
+Works with any `agents.protocols.OffPolicyAgent`. `Carry` is the whole training state (agent,
+envs, replay, act carries such as planner warm starts, PRNG key, counters), so a checkpoint is
+that pytree, and seeds vmap over it. The host loop (`train.host`) calls `train_chunk` and
+`evaluate` between visits.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from mbdpo_jax.data import replay
-from mbdpo_jax.envs import reset_batch, step_batch
+from mbdpo_jax.envs import reset_batch
 from mbdpo_jax.envs.base import Env, EnvState
+from mbdpo_jax.train import rollout
 
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-    """Static settings of the online loop."""
+    """Static settings of the off-policy loop."""
 
     num_envs: int = 1
     steps_per_chunk: int = 1000  # env steps (all envs together) per jitted chunk
     seed_steps: int = 1000  # random-action steps before planning and learning start
     updates_per_step: float = 1.0  # gradient updates per env step (update-to-data ratio)
     buffer_size: int = 1_000_000
-    batch_size: int = 256
-    horizon: int = 3
     eval_episodes: int = 10
 
     @property
@@ -69,58 +69,55 @@ class Carry:
     agent: Any
     env: EnvState
     buffer: Any
-    plan: jax.Array  # [num_envs, ...] planner warm starts
+    act: Any  # [num_envs, ...] act carries (planner warm starts)
     key: jax.Array
     env_steps: jax.Array  # transitions collected so far (all envs)
     updates: jax.Array
 
 
-class OnlineTrainer:
-    """Builds the pure functions of online training for one agent and one env.
-
-    The agent must provide init(key), initial_plan_state(), act(state, obs, plan, key, eval_mode),
-    next_plan_state(mean, episode_started) and update(state, batch, key).
-    """
+class OffPolicyTrainer:
+    """Builds the pure functions of off-policy training for one agent and one env."""
 
     def __init__(self, agent: Any, env: Env, cfg: LoopConfig):
         cfg.validate()
         self.agent, self.env, self.cfg = agent, env, cfg
-        self.buffer = replay.make_replay(env.spec, cfg.buffer_size, cfg.num_envs, cfg.batch_size, cfg.horizon)
+        self.buffer = replay.make_replay(env.spec, cfg.buffer_size, cfg.num_envs, agent.batch_size, agent.horizon)
+        self.extras = dict(agent.replay_extras)
 
     # ---- state ------------------------------------------------------------------------------
     def init(self, key: jax.Array) -> Carry:
         k_agent, k_env, k_loop = jax.random.split(key, 3)
-        plan0 = self.agent.initial_plan_state()
         return Carry(
             agent=self.agent.init(k_agent),
             env=reset_batch(self.env, k_env, self.cfg.num_envs),
-            buffer=self.buffer.init(replay.example_transition(self.env.spec)),
-            plan=jnp.broadcast_to(plan0, (self.cfg.num_envs,) + plan0.shape),
+            buffer=self.buffer.init(replay.example_transition(self.env.spec, self.extras)),
+            act=rollout.initial_carries(self.agent, self.cfg.num_envs),
             key=k_loop,
             env_steps=jnp.zeros((), jnp.int32),
             updates=jnp.zeros((), jnp.int32),
         )
 
     # ---- one chunk --------------------------------------------------------------------------
-    def _act(self, carry: Carry, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        """(actions, planner warm starts, plan actions, planned flag) for all envs; uniform random
-        actions during the seed phase."""
+    def _policy(self, carry: Carry) -> rollout.BatchedPolicy:
+        """The agent's policy, or uniform random actions during the seed phase (extras stored as zeros)."""
         n, a = self.cfg.num_envs, self.env.spec.action_size
-        k_rand, k_plan = jax.random.split(key)
         seeding = carry.env_steps < self.cfg.seed_steps
+        acting = rollout.agent_policy(self.agent, carry.agent, False)
 
-        def planned(_):
-            keys = jax.random.split(k_plan, n)
-            actions, means, aux = jax.vmap(lambda o, p, k: self.agent.act(carry.agent, o, p, k, False))(
-                carry.env.obs, carry.plan, keys)
-            return actions, means, aux["plan_action"]
+        def policy(obs, act_carry, key):
+            k_rand, k_plan = jax.random.split(key)
 
-        def random(_):
-            actions = jax.random.uniform(k_rand, (n, a), minval=-1.0, maxval=1.0)
-            return actions, carry.plan, actions
+            def planned(_):
+                actions, carry_out, aux = acting(obs, act_carry, k_plan)
+                return actions, carry_out, {k: aux[k] for k in self.extras}
 
-        actions, means, plan_actions = jax.lax.cond(seeding, random, planned, None)
-        return actions, means, plan_actions, ~seeding
+            def random(_):
+                actions = jax.random.uniform(k_rand, (n, a), minval=-1.0, maxval=1.0)
+                return actions, act_carry, {k: jnp.zeros((n,) + s) for k, s in self.extras.items()}
+
+            return jax.lax.cond(seeding, random, planned, None)
+
+        return policy
 
     def _learn(self, agent_state: Any, buffer_state: Any, key: jax.Array) -> tuple[Any, dict]:
         def one(state, k):
@@ -138,19 +135,16 @@ class OnlineTrainer:
 
     def _iteration(self, carry: Carry, index: jax.Array) -> tuple[Carry, dict]:
         key, k_act, k_learn = jax.random.split(carry.key, 3)
-        actions, means, plan_actions, planned = self._act(carry, k_act)
-        env_state = step_batch(self.env, carry.env, actions)
-        step = replay.transition(carry.env, actions, env_state, plan_actions, planned)
-        buffer_state = replay.add_step(self.buffer, carry.buffer, step)
-        episode_started = jnp.maximum(env_state.done, env_state.truncation) > 0
-        plan = jax.vmap(self.agent.next_plan_state)(means, episode_started)
+        s = rollout.rollout_step(self.env, self._policy(carry), rollout.agent_next_carry(self.agent), carry.env,
+                                 carry.act, k_act)
+        buffer_state = replay.add_step(self.buffer, carry.buffer, replay.transition(s.prev, s.action, s.next, s.aux))
         env_steps = carry.env_steps + self.cfg.num_envs
 
         should_learn = (env_steps >= self.cfg.seed_steps) & (index % self.cfg.update_period == 0)
         agent_state, metrics = jax.lax.cond(should_learn, self._learn, self._skip_learning,
                                             carry.agent, buffer_state, k_learn)
         metrics = {**metrics, "_weight": should_learn.astype(jnp.float32)}
-        new = carry.replace(agent=agent_state, env=env_state, buffer=buffer_state, plan=plan, key=key,
+        new = carry.replace(agent=agent_state, env=s.next, buffer=buffer_state, act=s.act_carry, key=key,
                             env_steps=env_steps, updates=carry.updates + should_learn * self.cfg.updates_per_iteration)
         return new, metrics
 
@@ -166,29 +160,5 @@ class OnlineTrainer:
 
     # ---- evaluation -------------------------------------------------------------------------
     def evaluate(self, agent_state: Any, key: jax.Array) -> dict[str, jax.Array]:
-        """Run `eval_episodes` episodes in parallel with the planner in eval mode (no exploration noise).
-
-        Returns 'eval_return' (mean undiscounted return of the first episode of each env) and, when
-        the agent reports one, 'eval_prior_divergence' (mean over the episodes' steps).
-        """
-        n = self.cfg.eval_episodes
-        k_reset, k_run = jax.random.split(key)
-        plan0 = self.agent.initial_plan_state()
-        init = (reset_batch(self.env, k_reset, n), jnp.broadcast_to(plan0, (n,) + plan0.shape), jnp.zeros(n),
-                jnp.zeros(n))
-
-        def step(carry, k):
-            env_state, plan, returns, finished = carry
-            keys = jax.random.split(k, n)
-            actions, means, aux = jax.vmap(lambda o, p, kk: self.agent.act(agent_state, o, p, kk, True))(
-                env_state.obs, plan, keys)
-            env_state = step_batch(self.env, env_state, actions)
-            returns = returns + env_state.reward * (1.0 - finished)
-            ended = jnp.maximum(env_state.done, env_state.truncation)
-            plan = jax.vmap(self.agent.next_plan_state)(means, ended > 0)
-            divergence = aux.get("prior_divergence", jnp.zeros(n)).mean()
-            return (env_state, plan, returns, jnp.maximum(finished, ended)), divergence
-
-        steps = self.env.spec.episode_length
-        (_, _, returns, _), divergence = jax.lax.scan(step, init, jax.random.split(k_run, steps))
-        return {"eval_return": returns.mean(), "eval_prior_divergence": divergence.mean()}
+        """`eval_episodes` episodes in parallel in eval mode; see `rollout.evaluate_episodes`."""
+        return rollout.evaluate_episodes(self.env, self.agent, agent_state, key, self.cfg.eval_episodes)

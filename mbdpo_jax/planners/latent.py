@@ -1,0 +1,63 @@
+"""Planning from an observation in a latent world model: the acting step TD-MPC2 and MBDPO share.
+
+encode the observation, propose sequences from the policy prior, score candidates with the
+trajectory value J (`models.imagine.trajectory_value`, plus an optional per-step bonus), run the
+agent's planner over them, and mask the result to the task's real action dimensions.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from mbdpo_jax.models import imagine
+from mbdpo_jax.models.world_model import WorldModel
+
+# planner(key, value_fn, prior_actions, warm_start, eval_mode) -> (action, next warm start, aux)
+Planner = Callable[..., tuple[jax.Array, jax.Array, dict]]
+
+
+def planning_objective(model: WorldModel, params: dict, z: jax.Array, key: jax.Array, gamma: Any,
+                       task: Any = None, step_bonus: imagine.StepBonus | None = None
+                       ) -> Callable[[jax.Array], jax.Array]:
+    """J at latent z as a function of action sequences [N, H, A] -> [N], with the task's action mask
+    applied to the candidates (padded action dimensions never act)."""
+    mask = model.action_mask(task)
+    return lambda actions: imagine.trajectory_value(model, params, z, actions * mask, key, gamma, task, step_bonus)
+
+
+def planner_prior_divergence(model: WorldModel, params: dict, z: jax.Array, actions: jax.Array,
+                             weights: jax.Array, task: Any = None) -> jax.Array:
+    """Estimate of KL(planner || prior) for the first action.
+
+    The planner's action distribution is its weighted elites; we fit it with a diagonal Gaussian q
+    and return E_q-weights[-log pi(a|z)] - H(q). Zero only when the prior covers the planner's
+    choices as tightly as the planner itself: a coherence gauge, not an exact divergence.
+    """
+    mean = jnp.sum(weights[:, None] * actions, 0)
+    var = jnp.sum(weights[:, None] * (actions - mean) ** 2, 0) + 1e-4
+    entropy_q = 0.5 * jnp.sum(jnp.log(2 * jnp.pi * jnp.e * var))
+    log_pi = model.pi_log_prob(params, jnp.broadcast_to(z, (actions.shape[0],) + z.shape), actions, task)
+    return -jnp.sum(weights * log_pi) - entropy_q
+
+
+def plan_from_observation(model: WorldModel, params: dict, obs: jax.Array, warm_start: jax.Array, key: jax.Array,
+                          planner: Planner, num_pi_trajs: int, gamma: Any, eval_mode: bool, task: Any = None,
+                          step_bonus: imagine.StepBonus | None = None) -> tuple[jax.Array, jax.Array, dict]:
+    """One env's planning call: (action [A], next warm start, aux).
+
+    aux holds the planner's own entries plus 'plan_action' (masked, before exploration noise),
+    'planned' (1: the agent chose this action) and 'prior_divergence' (`planner_prior_divergence`).
+    """
+    horizon = warm_start.shape[0]
+    k_prior, k_value, k_plan = jax.random.split(key, 3)
+    z = model.encode(params, obs, task)
+    prior = imagine.rollout_prior(model, params, z, k_prior, num_pi_trajs, horizon, task)
+    value_fn = planning_objective(model, params, z, k_value, gamma, task, step_bonus)
+    action, plan, aux = planner(k_plan, value_fn, prior, warm_start, eval_mode)
+    mask = model.action_mask(task)
+    action, aux["plan_action"] = action * mask, aux["plan_action"] * mask
+    aux["planned"] = jnp.ones((), action.dtype)
+    aux["prior_divergence"] = planner_prior_divergence(model, params, z, aux["elites"][:, 0], aux["weights"], task)
+    return action, plan, aux
