@@ -82,9 +82,8 @@ class MBDPO:
         wm = self.model.cfg
         self.energy = ActionEnergy(cfg.energy, wm.latent_dim + (wm.task_dim if wm.multitask else 0), spec.action_size,
                                    wm.mlp_dim)
-        self.planner_cfg = dataclasses.replace(cfg.planner, horizon=self.horizon)
-        self.score = ScoreModel(cfg.score, self.planner_cfg, wm.latent_dim, spec.action_size,
-                                wm.mlp_dim) if cfg.use_score_network else None
+        self.score = ScoreModel(cfg.score, cfg.planner, wm.latent_dim, spec.action_size, wm.mlp_dim,
+                                self.horizon) if cfg.use_score_network else None
         self.replay_extras = {"plan_action": (spec.action_size,), "planned": ()} if cfg.distill_coef > 0 else {}
 
     def init(self, key: jax.Array) -> MBDPOState:
@@ -116,7 +115,7 @@ class MBDPO:
         params = state.learner.params
         if self.cfg.score_only:
             return self._act_score_only(state, obs, warm_start, key, eval_mode, task)
-        planner = lambda k, value_fn, prior, warm, ev: mbd.plan(k, value_fn, prior, warm, self.planner_cfg, ev)
+        planner = lambda k, value_fn, prior, warm, ev: mbd.plan(k, value_fn, prior, warm, self.cfg.planner, ev)
         return latent.plan_from_observation(self.model, params, obs, warm_start, key, planner,
                                             self.cfg.planner.num_pi_trajs, self.learner.discount_of(task), eval_mode,
                                             task, self.step_bonus(state, task))
@@ -124,7 +123,7 @@ class MBDPO:
     def _act_score_only(self, state, obs, warm_start, key, eval_mode, task):
         z = self.model.encode(state.learner.params, obs, task)
         score_fn = lambda x, k: self.score.score(state.score.params, z, x, k)
-        action, plan, aux = mbd.plan_score_only(key, score_fn, warm_start, self.planner_cfg, eval_mode)
+        action, plan, aux = mbd.plan_score_only(key, score_fn, warm_start, self.cfg.planner, eval_mode)
         mask = self.model.action_mask(task)
         action, aux["plan_action"] = action * mask, aux["plan_action"] * mask
         aux["planned"] = jnp.ones((), action.dtype)

@@ -58,14 +58,10 @@ class TDMPC2:
     def act(self, state: LearnerState, obs: jax.Array, warm_start: jax.Array, key: jax.Array,
             eval_mode: bool = False, task: Any = None) -> tuple[jax.Array, jax.Array, dict]:
         """MPPI from one observation; see `planners.latent.plan_from_observation` for aux."""
-        planner = lambda k, value_fn, prior, warm, ev: mppi.plan(k, value_fn, prior, warm, self.planner_config, ev)
+        planner = lambda k, value_fn, prior, warm, ev: mppi.plan(k, value_fn, prior, warm, self.cfg.planner, ev)
         return latent.plan_from_observation(self.model, state.params, obs, warm_start, key, planner,
                                             self.cfg.planner.num_pi_trajs, self.learner.discount_of(task),
                                             eval_mode, task)
-
-    @property
-    def planner_config(self) -> mppi.MPPIConfig:
-        return dataclasses.replace(self.cfg.planner, horizon=self.horizon)
 
     def update(self, state: LearnerState, batch: dict, key: jax.Array) -> tuple[LearnerState, dict]:
         """TD-MPC2's update: world model, prior, target Qs."""

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 class MBDConfig:
     """Published MBDPO settings as defaults."""
 
-    horizon: int = 3
     diffusion_steps: int = 20
     beta_start: float = 1e-4
     beta_end: float = 1e-2
@@ -40,7 +39,7 @@ class MBDConfig:
 
     def validate(self) -> None:
         checks = {
-            "horizon": self.horizon >= 1, "diffusion_steps": self.diffusion_steps >= 1,
+            "diffusion_steps": self.diffusion_steps >= 1,
             "num_samples": self.num_samples >= 1,
             "num_elites": 1 <= self.num_elites <= self.num_samples,
             "num_pi_trajs": 0 <= self.num_pi_trajs < self.num_samples,
@@ -50,7 +49,7 @@ class MBDConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(
-                    f"invalid diffusion planner setting {name}={getattr(self, name)!r} (need horizon, "
+                    f"invalid diffusion planner setting {name}={getattr(self, name)!r} (need "
                     f"diffusion_steps >= 1, 1 <= num_elites <= num_samples, 0 <= num_pi_trajs < num_samples, "
                     f"temperature > 0, 0 < beta_start <= beta_end < 1)")
 

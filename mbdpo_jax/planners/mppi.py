@@ -17,7 +17,6 @@ import jax.numpy as jnp
 class MPPIConfig:
     """Published TD-MPC2 settings as defaults."""
 
-    horizon: int = 3
     iterations: int = 6
     num_samples: int = 512
     num_elites: int = 64
@@ -28,7 +27,7 @@ class MPPIConfig:
 
     def validate(self) -> None:
         checks = {
-            "horizon": self.horizon >= 1, "iterations": self.iterations >= 1,
+            "iterations": self.iterations >= 1,
             "num_samples": self.num_samples >= 1,
             "num_elites": 1 <= self.num_elites <= self.num_samples,
             "num_pi_trajs": 0 <= self.num_pi_trajs < self.num_samples,
@@ -36,7 +35,7 @@ class MPPIConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid planner setting {name}={getattr(self, name)!r} "
-                                 f"(need horizon, iterations >= 1, 1 <= num_elites <= num_samples, "
+                                 f"(need iterations >= 1, 1 <= num_elites <= num_samples, "
                                  f"0 <= num_pi_trajs < num_samples)")
 
 

@@ -111,12 +111,12 @@ class ScoreModel:
     """s_phi with its schedule and optimiser; the instance holds only static configuration."""
 
     def __init__(self, cfg: ScoreConfig, planner: mbd.MBDConfig, latent_dim: int, action_size: int,
-                 default_width: int = 256):
+                 default_width: int = 256, horizon: int = 3):
         cfg.validate()
         self.cfg, self.planner = cfg, planner
-        self.latent_dim, self.shape = latent_dim, (planner.horizon, action_size)
+        self.latent_dim, self.shape = latent_dim, (horizon, action_size)
         hidden = cfg.hidden if cfg.hidden is not None else (default_width, default_width)
-        self.net = ScoreNet(tuple(hidden), planner.horizon * action_size)
+        self.net = ScoreNet(tuple(hidden), horizon * action_size)
         self.tx = optax.chain(optax.clip_by_global_norm(20.0), optax.adam(cfg.lr))
         # The planner's elite fraction, applied to the Monte-Carlo candidates.
         self.num_elites = max(1, round(cfg.mc_samples * planner.num_elites / planner.num_samples))
