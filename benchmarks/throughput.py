@@ -1,6 +1,6 @@
 """Throughput of the pieces of online training, as one JSON object.
 
-    python -m benchmarks.throughput --algo tdmpc2 --env dmc/cartpole-swingup --num-envs 8 --model-size 5M
+    python -m benchmarks.throughput tdmpc2 --env dmc/cartpole-swingup --num-envs 8 --model-size 5M
 
 Reports the device, the config, compile seconds (first call) apart from steady-state timing, and
 env steps per second of: physics alone (random actions), planning alone (one plan per env step),
@@ -15,35 +15,24 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
-import tyro
 
-from mbdpo_jax.envs import reset_batch, step_batch
-from mbdpo_jax.train.config import OnlineConfig
-from mbdpo_jax.train.online import Carry, LoopConfig, OnlineTrainer
+from mbdpo_jax.data import replay
+from mbdpo_jax.envs import step_batch
+from mbdpo_jax.train.config import LoopOptions, OnlineConfig
+from mbdpo_jax.train.off_policy import OffPolicyTrainer
 from mbdpo_jax.train.runner import build_trainer
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchConfig:
-    algo: str = "tdmpc2"
+class BenchOptions:
+    """What to measure; the agent's settings come from its own config (`ALGO --help`)."""
+
     env: str = "dmc/cartpole-swingup"
     num_envs: int = 8
-    model_size: str = "5M"
-    batch_size: int = 256
     updates_per_step: float = 1.0
-    iterations: int = 6
-    """MPPI iterations (tdmpc2)."""
-    diffusion_steps: int = 20
-    """Reverse-diffusion steps (mbdpo)."""
-    num_samples: int = 512
-    num_elites: int = 64
-    num_pi_trajs: int = 24
-    use_energy: bool = True
-    """mbdpo: include the implicit energy in planning and updates."""
     physics_steps: int = 200
     """Steps per timed physics call (each env)."""
     chunk_steps: int = 64
@@ -74,10 +63,11 @@ def device_info() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def measure(b: BenchConfig) -> dict:
-    shared = {f.name for f in dataclasses.fields(OnlineConfig)} & {f.name for f in dataclasses.fields(BenchConfig)}
-    online = OnlineConfig(**{name: getattr(b, name) for name in shared}, eval_every=b.chunk_steps, seed_steps=0,
-                          buffer_size=max(10_000, b.chunk_steps * 4))
+def measure(agent_cfg: Any, b: BenchOptions) -> dict:
+    """Physics, planning, update and end-to-end throughput of `agent_cfg` on `b.env`."""
+    loop = LoopOptions(env=b.env, num_envs=b.num_envs, updates_per_step=b.updates_per_step, eval_every=b.chunk_steps,
+                       seed_steps=0, buffer_size=max(10_000, b.chunk_steps * 4))
+    online = OnlineConfig(agent=agent_cfg, loop=loop)
     trainer = build_trainer(online)
     env, agent, n = trainer.env, trainer.agent, b.num_envs
     key = jax.random.PRNGKey(0)
@@ -96,13 +86,13 @@ def measure(b: BenchConfig) -> dict:
 
     plan = jax.jit(jax.vmap(lambda o, p, k: agent.act(carry.agent, o, p, k, False)[:2]))
     keys = jax.random.split(key, n)
-    compile_s, steady = timed(plan, carry.env.obs, carry.plan, keys, repeats=b.repeats)
+    compile_s, steady = timed(plan, carry.env.obs, carry.act, keys, repeats=b.repeats)
     results["planning"] = {"compile_s": compile_s, "env_steps_per_s": n / steady, "ms_per_plan_call": 1e3 * steady}
 
     # Fill the replay with a chunk of random experience so updates sample real data.
-    filled = jax.jit(OnlineTrainer(agent, env, dataclasses.replace(trainer.cfg, seed_steps=10**9)).train_chunk)(carry)[0]
-    batch = jax.jit(lambda s, k: __import__("mbdpo_jax.data.replay", fromlist=["x"]).sample_sequences(
-        trainer.buffer, s, k))(filled.buffer, key)
+    seeding = OffPolicyTrainer(agent, env, dataclasses.replace(trainer.cfg, seed_steps=10**9))
+    filled = jax.jit(seeding.train_chunk)(carry)[0]
+    batch = jax.jit(lambda s, k: replay.sample_sequences(trainer.buffer, s, k))(filled.buffer, key)
     update = jax.jit(agent.update)
     compile_s, steady = timed(update, filled.agent, batch, key, repeats=b.repeats)
     results["updates"] = {"compile_s": compile_s, "updates_per_s": 1 / steady, "ms_per_update": 1e3 * steady}
@@ -110,7 +100,8 @@ def measure(b: BenchConfig) -> dict:
     chunk = jax.jit(trainer.train_chunk)
     compile_s, steady = timed(chunk, filled, repeats=b.repeats)
     results["end_to_end"] = {"compile_s": compile_s, "env_steps_per_s": b.chunk_steps / steady}
-    return {"benchmark": "throughput", "device": device_info(), "config": dataclasses.asdict(b), "results": results}
+    config = {"algo": online.algo, "agent": dataclasses.asdict(agent_cfg), "bench": dataclasses.asdict(b)}
+    return {"benchmark": "throughput", "device": device_info(), "config": config, "results": results}
 
 
 def emit_report(report: dict, out: str | None) -> None:
@@ -123,8 +114,12 @@ def emit_report(report: dict, out: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    b = tyro.cli(BenchConfig, args=argv, description=__doc__)
-    emit_report(measure(b), b.out)
+    from experiments.common import parse_config, split_algorithm
+
+    prog = "python -m benchmarks.throughput"
+    algo, args = split_algorithm(argv, "tdmpc2", prog, __doc__)
+    agent_cfg, bench = parse_config(algo, "bench", BenchOptions(), args, prog, __doc__)
+    emit_report(measure(agent_cfg, bench), bench.out)
     return 0
 
 

@@ -260,13 +260,14 @@ def _untrained_run(run_dir) -> str:
     (Training it first would add about a minute of compiling on 2 cores and test nothing more here.)"""
     from mbdpo_jax.train import checkpoint
     from mbdpo_jax.train.run_dir import checkpoints_dir, prepare_run_dir
+    from mbdpo_jax.train.config import to_dict
     from mbdpo_jax.train.runner import build_trainer
 
     cfg = tiny_online_config(steps=64, run_dir=str(run_dir))
     trainer = build_trainer(cfg)
-    prepare_run_dir(cfg.run_dir, dataclasses.asdict(cfg))
-    checkpoint.save(checkpoints_dir(run_dir), 0, jax.jit(trainer.init)(jax.random.PRNGKey(cfg.seed)))
-    return cfg.run_dir
+    prepare_run_dir(cfg.loop.run_dir, to_dict(cfg))
+    checkpoint.save(checkpoints_dir(run_dir), 0, jax.jit(trainer.init)(jax.random.PRNGKey(cfg.loop.seed)))
+    return cfg.loop.run_dir
 
 
 def test_collect_from_run_directory(tmp_path, capsys):

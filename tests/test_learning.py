@@ -12,8 +12,8 @@ from conftest import tiny_online_config
 from mbdpo_jax.train.runner import run_online
 
 PENDULUM = dict(env="toy/pendulum", num_envs=1, updates_per_step=1.0, batch_size=128, num_samples=64,
-                num_elites=8, num_pi_trajs=4, iterations=4, diffusion_steps=8, seed_steps=500, eval_every=1000,
-                eval_episodes=8, buffer_size=15_000)
+                num_elites=8, num_pi_trajs=4, seed_steps=500, eval_every=1000, eval_episodes=8, buffer_size=15_000)
+PLANNER = {"tdmpc2": dict(iterations=4), "mbdpo": dict(diffusion_steps=8)}
 
 
 def _eval_returns(run_dir):
@@ -25,7 +25,7 @@ def _eval_returns(run_dir):
 @pytest.mark.parametrize("algo", ["tdmpc2", "mbdpo"])
 def test_agent_swings_up_the_pendulum(algo, tmp_path):
     """Within 5k env steps (of the 15k allowed) the agent reaches an eval return of at least -300."""
-    cfg = tiny_online_config(algo=algo, steps=5000, run_dir=str(tmp_path / algo), **PENDULUM)
+    cfg = tiny_online_config(algo=algo, steps=5000, run_dir=str(tmp_path / algo), **PENDULUM, **PLANNER[algo])
     returns = _eval_returns(run_online(cfg))
     assert returns[0] < -600  # the untrained agent fails
     assert max(returns) >= -300, returns

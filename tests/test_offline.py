@@ -7,11 +7,15 @@ import pytest
 
 from experiments import collect
 from mbdpo_jax.train import checkpoint
-from mbdpo_jax.train.config import FinetuneConfig, PretrainConfig
+from mbdpo_jax.agents.mbdpo import MBDPOConfig
+from mbdpo_jax.train.config import FinetuneConfig, LoopOptions, PretrainConfig, PretrainOptions, replace_flat
 from mbdpo_jax.train.offline import finetune, load_pretrained, pretrain
 
-SMALL_AGENT = dict(algo="mbdpo", model_size="tiny", batch_size=32, num_samples=16, num_elites=4, num_pi_trajs=2,
-                   diffusion_steps=3)
+SMALL_AGENT = dict(model_size="tiny", batch_size=32, num_samples=16, num_elites=4, num_pi_trajs=2, diffusion_steps=3)
+
+
+def _pretrain_config(**settings):
+    return replace_flat(PretrainConfig(agent=MBDPOConfig(), offline=PretrainOptions()), **SMALL_AGENT, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +25,8 @@ def pretrained(tmp_path_factory):
     for env, name in [("toy/pendulum", "pend"), ("toy/point-mass", "pm")]:
         assert collect.main(["--env", env, "--policy", "random", "--steps", "1024", "--num-envs", "4",
                              "--out", str(root / name)]) == 0
-    cfg = PretrainConfig(**SMALL_AGENT, data=(str(root / "pend"), str(root / "pm")), steps=200, eval_every=100,
-                         eval_episodes=1, run_dir=str(root / "pre"), progress=False)
+    cfg = _pretrain_config(data=(str(root / "pend"), str(root / "pm")), steps=200, eval_every=100, eval_episodes=1,
+                           run_dir=str(root / "pre"), progress=False)
     return root, pretrain(cfg)
 
 
@@ -41,13 +45,13 @@ def test_pretraining_loss_falls_and_every_task_is_evaluated(pretrained):
         assert all(r[f"eval_return/{task}"] != "" for r in rows)
     _, tasks, state = load_pretrained(run_dir)
     assert tasks.names == ("toy/pendulum", "toy/point-mass")
-    assert state.core.params["task_emb"].shape == (2, 96)
+    assert state.learner.params["task_emb"].shape == (2, 96)
 
 
 def _finetune(pretrained, env, name):
     root, run_dir = pretrained
-    cfg = FinetuneConfig(checkpoint=str(run_dir), env=env, steps=32, eval_every=32, eval_episodes=1, num_envs=2,
-                         run_dir=str(root / name), progress=False)
+    cfg = replace_flat(FinetuneConfig(checkpoint=str(run_dir)), env=env, steps=32, eval_every=32, eval_episodes=1,
+                       num_envs=2, run_dir=str(root / name), progress=False)
     return finetune(cfg)
 
 
@@ -73,15 +77,16 @@ def checkpoint_template(ft_dir):
     from mbdpo_jax import envs
     from mbdpo_jax.agents.task import TaskAgent
     from mbdpo_jax.envs.padded import PaddedEnv
+    from mbdpo_jax.train.off_policy import OffPolicyTrainer
     from mbdpo_jax.train.offline import build_agent
-    from mbdpo_jax.train.online import OnlineTrainer
     from mbdpo_jax.train.runner import loop_config
 
-    cfg = FinetuneConfig(**json.loads((ft_dir / "config.json").read_text()))
-    pre_cfg, tasks, _ = load_pretrained(cfg.checkpoint)
-    env = envs.make(cfg.env)
-    trainer = OnlineTrainer(TaskAgent(build_agent(pre_cfg, tasks), tasks.names.index(cfg.env)),
-                            PaddedEnv(env, tasks.obs_size, tasks.action_size), loop_config(cfg, pre_cfg, env.spec))
+    raw = json.loads((ft_dir / "config.json").read_text())
+    loop = LoopOptions(**raw["loop"])
+    pre_cfg, tasks, _ = load_pretrained(raw["checkpoint"])
+    env = envs.make(loop.env)
+    trainer = OffPolicyTrainer(TaskAgent(build_agent(pre_cfg.agent, tasks), tasks.names.index(loop.env)),
+                               PaddedEnv(env, tasks.obs_size, tasks.action_size), loop_config(loop, env.spec))
     return jax.eval_shape(trainer.init, jax.random.PRNGKey(0))
 
 
@@ -92,7 +97,7 @@ def test_finetune_on_a_new_task_adds_an_embedding(pretrained):
     rows = _rows(ft_dir / "metrics.csv")
     assert rows[-1]["eval_return"] != "" and int(rows[-1]["env_steps"]) == 32
     _, _, pre_state = load_pretrained(run_dir)
-    assert pre_state.core.params["task_emb"].shape == (2, 96)
+    assert pre_state.learner.params["task_emb"].shape == (2, 96)
 
 
 def test_pretrain_rejects_a_missing_dataset(tmp_path):
@@ -100,33 +105,37 @@ def test_pretrain_rejects_a_missing_dataset(tmp_path):
     from mbdpo_jax.data.datasets import DatasetError
 
     with pytest.raises(DatasetError, match="missing: no such directory"):
-        pretrain(PretrainConfig(**SMALL_AGENT, data=(str(tmp_path / "missing"),), run_dir=str(tmp_path / "r")))
+        pretrain(_pretrain_config(data=(str(tmp_path / "missing"),), run_dir=str(tmp_path / "r")))
 
 
 def test_multi_task_agent_uses_each_tasks_own_discount(monkeypatch):
     """gamma comes from each task's episode length (TD-MPC2's heuristic), in planning and in TD targets."""
     import jax.numpy as jnp
 
-    from mbdpo_jax.agents.tdmpc2 import discount_from_episode_length
-    from mbdpo_jax.train.config import AgentOptions
+    from mbdpo_jax.models import imagine, losses
+    from mbdpo_jax.models.losses import discount_from_episode_length
     from mbdpo_jax.train.offline import TaskSet, build_agent
 
     tasks = TaskSet(("long", "short"), (3, 2), (1, 1), (1000, 50), (1, 1))
-    agent = build_agent(AgentOptions(**SMALL_AGENT), tasks)
+    agent = build_agent(_pretrain_config().agent, tasks)
+    learner = agent.learner
     gammas = [discount_from_episode_length(1000), discount_from_episode_length(50)]
     assert gammas[0] != gammas[1]
-    np.testing.assert_allclose(agent.discount_of(jnp.array([0, 1, 1])), [gammas[0], gammas[1], gammas[1]], rtol=1e-6)
+    np.testing.assert_allclose(learner.discount_of(jnp.array([0, 1, 1])), [gammas[0], gammas[1], gammas[1]],
+                               rtol=1e-6)
 
     monkeypatch.setattr(agent.model, "q_value", lambda *a, **k: jnp.ones(a[1].shape[:-1]))
     h, b = 3, 4
     batch = {"next_obs": jnp.zeros((h, b, 3)), "reward": jnp.zeros((h, b)), "done": jnp.zeros((h, b)),
              "task": jnp.broadcast_to(jnp.array([0, 1, 0, 1]), (h, b))}
-    params = agent.core_state(agent.init(jax.random.PRNGKey(0))).params
-    _, td = agent._td_targets(params, params["qs"], batch, jax.random.PRNGKey(1))
+    params = agent.init(jax.random.PRNGKey(0)).learner.params
+    _, td = losses.td_targets(agent.model, params, params["qs"], batch, jax.random.PRNGKey(1),
+                              learner.discount_of(batch["task"]))
     np.testing.assert_allclose(td[0], [gammas[0], gammas[1], gammas[0], gammas[1]], rtol=1e-6)
 
     monkeypatch.setattr(agent.model, "reward_value", lambda params, z, a, task=None: jnp.ones(z.shape[:-1]))
     latent = jnp.zeros(agent.model.cfg.latent_dim)
     for task, g in enumerate(gammas):
-        value = agent.trajectory_value(params, latent, jnp.zeros((2, h, 1)), jax.random.PRNGKey(2), task=jnp.int32(task))
+        value = imagine.trajectory_value(agent.model, params, latent, jnp.zeros((2, h, 1)), jax.random.PRNGKey(2),
+                                         learner.discount_of(jnp.int32(task)), task=jnp.int32(task))
         np.testing.assert_allclose(value, [sum(g ** t for t in range(h)) + g ** h] * 2, rtol=1e-5)

@@ -10,27 +10,28 @@ import numpy as np
 import pytest
 
 from conftest import tiny_online_config
-from mbdpo_jax.train import checkpoint, runner
-from mbdpo_jax.train.config import OnlineConfig
+from mbdpo_jax.train import checkpoint, host, runner
 from mbdpo_jax.train.runner import build_trainer, run_online
 
 
 def _rows(run_dir):
     with open(run_dir / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k not in runner.WALL_CLOCK_COLUMNS} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if k not in host.WALL_CLOCK_COLUMNS} for row in csv.DictReader(f)]
 
 
-def test_train_chunk_compiles_once_across_seed_phase_and_learning():
-    """The chunk is compiled once: seed-phase chunks and learning chunks are the same program."""
-    trainer = build_trainer(tiny_online_config())
+@pytest.mark.parametrize("seed_burst,expected", [(True, [32, 64, 96]), (False, [2, 34, 66])])
+def test_train_chunk_compiles_once_across_seed_phase_burst_and_learning(seed_burst, expected):
+    """The chunk is compiled once: seed-phase, burst and learning chunks are the same program. When the
+    32 seed steps are in, one burst of 32 updates runs (the references' pretraining on seed data) before
+    2 updates per iteration of 2 envs; without the burst learning starts at 2 updates per iteration."""
+    trainer = build_trainer(tiny_online_config(seed_burst=seed_burst))
     chunk = jax.jit(trainer.train_chunk)
     carry = trainer.init(jax.random.PRNGKey(0))
     updates = []
     for _ in range(3):
         carry, _ = chunk(carry)
         updates.append(int(carry.updates))
-    # 16 iterations of 2 envs per chunk, 2 updates per iteration once the 32 seed steps are in.
-    assert updates == [2, 34, 66]
+    assert updates == expected
     assert chunk._cache_size() == 1
     assert int(carry.env_steps) == 96
 
@@ -64,10 +65,10 @@ def _run_killed_after(cfg, monkeypatch, step):
         if at_step == step:
             raise SimulatedKill
 
-    monkeypatch.setattr(runner.checkpoint, "save", save_then_die)
+    monkeypatch.setattr(host.checkpoint, "save", save_then_die)
     with pytest.raises(SimulatedKill):
         run_online(cfg)
-    monkeypatch.setattr(runner.checkpoint, "save", real_save)
+    monkeypatch.setattr(host.checkpoint, "save", real_save)
 
 
 def test_run_directory_contents(full_run):
@@ -130,14 +131,13 @@ def test_non_finite_loss_stops_with_step_and_loss_and_keeps_checkpoint(tmp_path,
 
     monkeypatch.setattr(runner, "make_agent", nan_agent)
     cfg = tiny_online_config(run_dir=str(tmp_path / "run"))
-    with pytest.raises(runner.NonFiniteLossError, match=r"value_loss.*env step 32"):
+    with pytest.raises(host.NonFiniteLossError, match=r"value_loss.*env step 32"):
         run_online(cfg)
     assert checkpoint.latest_step(tmp_path / "run" / "checkpoints") == 0
 
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--steps", "-5", "steps must be > 0"),
-    ("--algo", "ppo", "unknown algorithm 'ppo'"),
     ("--model-size", "7M", "unknown model size '7M'"),
     ("--horizon", "0", "horizon must be > 0"),
     ("--num-envs", "0", "num-envs must be > 0"),
@@ -153,11 +153,27 @@ def test_bad_config_fails_fast_with_one_line(flag, value, message, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_help_lists_every_option_with_defaults():
-    """--help names every config field and shows defaults."""
-    out = subprocess.run([sys.executable, "-m", "experiments.online", "--help"], capture_output=True, text=True,
-                         timeout=60)
+def test_unknown_algorithm_is_refused_naming_the_allowed_ones(tmp_path):
+    """`experiments.online ppo` fails with one line naming the registered algorithms."""
+    out = subprocess.run([sys.executable, "-m", "experiments.online", "nosuchalgo", "--run-dir", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "unknown algorithm 'nosuchalgo'; allowed: mbdpo, tdmpc2" in out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("algo", ["tdmpc2", "mbdpo"])
+def test_help_of_an_algorithm_lists_every_setting_with_its_default(algo):
+    """`experiments.online ALGO --help` names every setting of that algorithm's config and of the loop,
+    with short flag names (no nested prefixes), and no setting of another algorithm."""
+    from mbdpo_jax.agents import config_class
+    from mbdpo_jax.train.config import LoopOptions, OnlineConfig, flat_fields
+
+    out = subprocess.run([sys.executable, "-m", "experiments.online", algo, "--help"], capture_output=True,
+                         text=True, timeout=60)
     assert out.returncode == 0
-    for field in dataclasses.fields(OnlineConfig):
-        assert "--" + field.name.replace("_", "-") in out.stdout, field.name
-    assert "default: 100000" in out.stdout
+    for name in flat_fields(OnlineConfig(agent=config_class(algo)(), loop=LoopOptions())):
+        assert "--" + name.replace("_", "-") in out.stdout, name
+    assert "default: 100000" in out.stdout and "--agent." not in out.stdout
+    other = {"tdmpc2": "--diffusion-steps", "mbdpo": "--iterations"}[algo]
+    assert other not in out.stdout

@@ -176,7 +176,7 @@ class MBDPO:
         (with the energy bonus when on) and the first `score_batch` sequences of the batch.
         """
         params = state.learner.params
-        n = min(self.cfg.score.batch, batch["obs"].shape[1])
+        n = min(self.cfg.score.score_batch, batch["obs"].shape[1])
         task = None if batch.get("task") is None else batch["task"][:n]
         z = jax.lax.stop_gradient(self.model.encode(params, batch["obs"][0, :n], task))
         x0 = jnp.swapaxes(batch["action"][:, :n], 0, 1)

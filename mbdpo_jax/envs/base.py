@@ -26,6 +26,8 @@ class EnvSpec:
 
     episode_length counts agent steps, i.e. after action repeat. A multi-task agent's spec (padded
     sizes) also lists each task's own episode length in `task_episode_lengths`, task-id order.
+    `terminates` is True for envs whose episodes can end before the time limit (episodic tasks:
+    a world model then learns a termination head).
     """
 
     name: str
@@ -34,6 +36,7 @@ class EnvSpec:
     episode_length: int
     action_repeat: int = 1
     differentiable: bool = False
+    terminates: bool = False
     task_episode_lengths: tuple[int, ...] | None = None
 
 

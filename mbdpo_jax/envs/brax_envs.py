@@ -25,6 +25,8 @@ BRAX_NAMES: tuple[str, ...] = (
     "inverted_double_pendulum", "pusher", "reacher", "walker2d",
 )
 TASKS: dict[str, str] = {n.replace("_", "-"): n for n in BRAX_NAMES}
+# Envs whose `done` can end an episode early (unhealthy or fallen), i.e. episodic tasks.
+TERMINATING = frozenset({"ant", "hopper", "humanoid", "walker2d", "inverted_pendulum", "inverted_double_pendulum"})
 EPISODE_LENGTH = 1000
 
 
@@ -37,5 +39,5 @@ def build(task: str) -> tuple[BackendAdapter, int]:
     name = f"brax/{task}"
     spec = EnvSpec(name=name, obs_size=flat_obs_size(name, env.reset),
                    action_size=int(env.action_size), episode_length=EPISODE_LENGTH,
-                   differentiable=True)
+                   differentiable=True, terminates=TASKS[task] in TERMINATING)
     return BackendAdapter(env, spec, actuator_range(env.sys.mj_model)), 1

@@ -44,20 +44,24 @@ from mbdpo_jax.planners import mbd
 class ScoreConfig:
     """Settings of s_phi and its training."""
 
-    time_embed_dim: int = 64
-    mc_samples: int = 64  # candidates per Monte-Carlo score target
-    batch: int = 64  # training pairs per update, taken from the front of the update batch
-    lr: float = 3e-4
-    hidden: tuple[int, ...] | None = None  # None: two layers of the world model's mlp_dim
+    score_time_embed_dim: int = 64
+    """Size of the sinusoidal embedding of the diffusion step."""
+    score_samples: int = 64
+    """Candidates per Monte-Carlo score target."""
+    score_batch: int = 64
+    """Training pairs per update, taken from the front of the update batch."""
+    score_lr: float = 3e-4
+    score_hidden: tuple[int, ...] = ()
+    """Hidden widths of s_phi; empty means two layers of the world model's mlp_dim."""
 
     def validate(self) -> None:
-        for name in ("time_embed_dim", "mc_samples", "batch"):
+        for name in ("score_time_embed_dim", "score_samples", "score_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"invalid score network setting {name}={getattr(self, name)!r} (need >= 1)")
-        if self.time_embed_dim % 2:
-            raise ValueError(f"score network time_embed_dim must be even, got {self.time_embed_dim}")
-        if self.lr <= 0:
-            raise ValueError(f"score network lr must be > 0, got {self.lr}")
+        if self.score_time_embed_dim % 2:
+            raise ValueError(f"score network time_embed_dim must be even, got {self.score_time_embed_dim}")
+        if self.score_lr <= 0:
+            raise ValueError(f"score network lr must be > 0, got {self.score_lr}")
 
 
 @struct.dataclass
@@ -115,17 +119,17 @@ class ScoreModel:
         cfg.validate()
         self.cfg, self.planner = cfg, planner
         self.latent_dim, self.shape = latent_dim, (horizon, action_size)
-        hidden = cfg.hidden if cfg.hidden is not None else (default_width, default_width)
+        hidden = cfg.score_hidden or (default_width, default_width)
         self.net = ScoreNet(tuple(hidden), horizon * action_size)
-        self.tx = optax.chain(optax.clip_by_global_norm(20.0), optax.adam(cfg.lr))
+        self.tx = optax.chain(optax.clip_by_global_norm(20.0), optax.adam(cfg.score_lr))
         # The planner's elite fraction, applied to the Monte-Carlo candidates.
-        self.num_elites = max(1, round(cfg.mc_samples * planner.num_elites / planner.num_samples))
+        self.num_elites = max(1, round(cfg.score_samples * planner.num_elites / planner.num_samples))
 
     def init(self, key: jax.Array) -> ScoreState:
         """Fresh parameters (zero head: score 0 everywhere) and optimiser state."""
         h, a = self.shape
         params = self.net.init(key, jnp.zeros((1, self.latent_dim)), jnp.zeros((1, h * a)),
-                               jnp.zeros((1, self.cfg.time_embed_dim)))["params"]
+                               jnp.zeros((1, self.cfg.score_time_embed_dim)))["params"]
         return ScoreState(params, self.tx.init(params))
 
     def abar(self, k: jax.Array) -> jax.Array:
@@ -136,7 +140,7 @@ class ScoreModel:
         """x0bar_hat [..., H, A] for latents z [..., Z], x_k [..., H, A] and integer steps k [...]."""
         abar = self.abar(k)[..., None, None]
         x_flat = x_k.reshape(x_k.shape[:-2] + (-1,))
-        delta = self.net.apply({"params": params}, z, x_flat, time_embedding(k, self.cfg.time_embed_dim))
+        delta = self.net.apply({"params": params}, z, x_flat, time_embedding(k, self.cfg.score_time_embed_dim))
         return x_k / jnp.sqrt(abar) + delta.reshape(x_k.shape)
 
     def score(self, params: dict, z: jax.Array, x_k: jax.Array, k: jax.Array) -> jax.Array:
@@ -155,7 +159,7 @@ class ScoreModel:
         """Monte-Carlo x0bar [B, H, A]; conds is a pytree with leading axis B (e.g. latents, task ids)
         and make_value_fn(cond) the value J of action sequences [N, H, A] -> [N] for one sample."""
         def one(cond, x, step, kk):
-            _, x0_bar = monte_carlo_target(kk, make_value_fn(cond), x, self.abar(step), self.cfg.mc_samples,
+            _, x0_bar = monte_carlo_target(kk, make_value_fn(cond), x, self.abar(step), self.cfg.score_samples,
                                            self.num_elites, self.planner.temperature)
             return x0_bar
 

@@ -41,6 +41,9 @@ class LoopOptions:
     """Gradient updates per env step (update-to-data ratio)."""
     seed_steps: Optional[int] = None
     """Random-action steps before learning; None means max(1000, 5 * episode length)."""
+    seed_burst: bool = True
+    """When the seed phase ends, run one burst of seed_steps * updates_per_step updates before acting
+    with the agent (as TD-MPC2's and MBDPO's code)."""
     buffer_size: int = 1_000_000
     eval_every: int = 10_000
     """Env steps between evaluations; also the jitted chunk size and the checkpoint period."""

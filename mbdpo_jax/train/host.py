@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 import jax
 
-from mbdpo_jax.train import checkpoint
+from mbdpo_jax.train import checkpoint, progress
 from mbdpo_jax.train.logging import MetricsLogger, plot_learning_curve
 from mbdpo_jax.train.run_dir import checkpoints_dir
 
@@ -94,8 +94,9 @@ def _loop(program: Program, carry: Any, logger: MetricsLogger, ckpt_dir: Path, b
     start = time.perf_counter()
     while program.count(carry) < program.total:
         t0, count0 = time.perf_counter(), program.count(carry)
-        carry, metrics = program.chunk(carry)
-        metrics = floats(metrics)
+        with progress.listening(lambda n: bar.update(max(0, n - bar.n))):
+            carry, metrics = program.chunk(carry)
+            metrics = floats(metrics)
         count = program.count(carry)
         check_finite(metrics, count, program.unit)
         evaluation = program.evaluate(carry, count)
@@ -103,7 +104,7 @@ def _loop(program: Program, carry: Any, logger: MetricsLogger, ckpt_dir: Path, b
         logger.write({program.step_key: count, "wall_time": round(wall_offset + time.perf_counter() - start, 3),
                       **evaluation, f"{program.step_key}_per_s": round(rate, 2), **metrics})
         checkpoint.save(ckpt_dir, count, carry)
-        bar.update(count - count0)
+        bar.update(max(0, count - bar.n))
         bar.set_postfix(rate=f"{rate:.0f}/s", eval_return=f"{evaluation.get('eval_return', float('nan')):.1f}")
     return carry
 

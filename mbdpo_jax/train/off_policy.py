@@ -18,7 +18,7 @@ from flax import struct
 from mbdpo_jax.data import replay
 from mbdpo_jax.envs import reset_batch
 from mbdpo_jax.envs.base import Env, EnvState
-from mbdpo_jax.train import rollout
+from mbdpo_jax.train import progress, rollout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,13 @@ class LoopConfig:
     updates_per_step: float = 1.0  # gradient updates per env step (update-to-data ratio)
     buffer_size: int = 1_000_000
     eval_episodes: int = 10
+    seed_burst: bool = True  # one burst of updates when the seed phase ends (the references' behaviour)
+    progress_every: int = 0  # iterations between progress reports to the host (0: none)
+
+    @property
+    def burst_updates(self) -> int:
+        """Updates of the burst at the end of the seed phase (0 when off or without a seed phase)."""
+        return max(1, round(self.seed_steps * self.updates_per_step)) if self.seed_burst and self.seed_steps else 0
 
     @property
     def iterations_per_chunk(self) -> int:
@@ -119,19 +126,35 @@ class OffPolicyTrainer:
 
         return policy
 
-    def _learn(self, agent_state: Any, buffer_state: Any, key: jax.Array) -> tuple[Any, dict]:
+    def _learn(self, agent_state: Any, buffer_state: Any, key: jax.Array, num_updates: jax.Array
+               ) -> tuple[Any, dict]:
+        """`num_updates` (a traced count: 0, updates_per_iteration, or the seed burst) updates on freshly
+        sampled sequences, in one loop body; returns the new state and the metrics averaged over them."""
         def one(state, k):
             k_sample, k_update = jax.random.split(k)
             batch = replay.sample_sequences(self.buffer, buffer_state, k_sample)
             return self.agent.update(state, batch, k_update)
 
-        state, metrics = jax.lax.scan(one, agent_state, jax.random.split(key, self.cfg.updates_per_iteration))
-        return state, jax.tree.map(jnp.mean, metrics)
+        shapes = jax.eval_shape(one, agent_state, key)[1]
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), shapes)
 
-    def _skip_learning(self, agent_state: Any, buffer_state: Any, key: jax.Array) -> tuple[Any, dict]:
-        """Same outputs as `_learn`, with zero metrics; used during the seed phase and between updates."""
-        _, shapes = jax.eval_shape(self._learn, agent_state, buffer_state, key)
-        return agent_state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        def body(i, carry):
+            state, sums = carry
+            state, metrics = one(state, jax.random.fold_in(key, i))
+            return state, jax.tree.map(lambda a, m: a + m.astype(jnp.float32), sums, metrics)
+
+        state, sums = jax.lax.fori_loop(0, num_updates, body, (agent_state, zeros))
+        return state, jax.tree.map(lambda x: x / jnp.maximum(num_updates, 1), sums)
+
+    def _num_updates(self, env_steps_before: jax.Array, env_steps: jax.Array, index: jax.Array) -> jax.Array:
+        """Updates this iteration: none in the seed phase and between update periods; the burst of
+        `burst_updates` when the seed phase ends (the references' behaviour, so that planning starts
+        with a trained model: TD-MPC2, Hansen et al., 2024, runs seed_steps updates at its
+        update-to-data ratio of 1; here seed_steps * updates_per_step); updates_per_iteration otherwise."""
+        learning = (env_steps >= self.cfg.seed_steps) & (index % self.cfg.update_period == 0)
+        burst = (env_steps_before < self.cfg.seed_steps) & (env_steps >= self.cfg.seed_steps)
+        return jnp.where(burst & (self.cfg.burst_updates > 0), self.cfg.burst_updates,
+                         jnp.where(learning, self.cfg.updates_per_iteration, 0)).astype(jnp.int32)
 
     def _iteration(self, carry: Carry, index: jax.Array) -> tuple[Carry, dict]:
         key, k_act, k_learn = jax.random.split(carry.key, 3)
@@ -140,12 +163,12 @@ class OffPolicyTrainer:
         buffer_state = replay.add_step(self.buffer, carry.buffer, replay.transition(s.prev, s.action, s.next, s.aux))
         env_steps = carry.env_steps + self.cfg.num_envs
 
-        should_learn = (env_steps >= self.cfg.seed_steps) & (index % self.cfg.update_period == 0)
-        agent_state, metrics = jax.lax.cond(should_learn, self._learn, self._skip_learning,
-                                            carry.agent, buffer_state, k_learn)
-        metrics = {**metrics, "_weight": should_learn.astype(jnp.float32)}
+        num_updates = self._num_updates(carry.env_steps, env_steps, index)
+        agent_state, metrics = self._learn(carry.agent, buffer_state, k_learn, num_updates)
+        metrics = {**metrics, "_weight": (num_updates > 0).astype(jnp.float32)}
+        progress.maybe_report(index, env_steps, self.cfg.progress_every)
         new = carry.replace(agent=agent_state, env=s.next, buffer=buffer_state, act=s.act_carry, key=key,
-                            env_steps=env_steps, updates=carry.updates + should_learn * self.cfg.updates_per_iteration)
+                            env_steps=env_steps, updates=carry.updates + num_updates)
         return new, metrics
 
     def train_chunk(self, carry: Carry) -> tuple[Carry, dict]:

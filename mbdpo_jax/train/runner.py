@@ -18,15 +18,18 @@ from mbdpo_jax.train.config import LoopOptions, OnlineConfig, to_dict
 from mbdpo_jax.train.off_policy import LoopConfig, OffPolicyTrainer
 from mbdpo_jax.train.run_dir import prepare_run_dir
 
+PROGRESS_REPORTS_PER_CHUNK = 50
 RESUMABLE_CHANGES = ("loop.progress", "loop.save_dataset")
 
 
 def loop_config(loop: LoopOptions, spec: envs.EnvSpec) -> LoopConfig:
     """The off-policy loop's static settings from the experiment options."""
     seed_steps = loop.seed_steps if loop.seed_steps is not None else max(1000, 5 * spec.episode_length)
+    iterations = loop.eval_every // loop.num_envs
+    every = max(1, iterations // PROGRESS_REPORTS_PER_CHUNK) if loop.progress else 0
     return LoopConfig(num_envs=loop.num_envs, steps_per_chunk=loop.eval_every, seed_steps=seed_steps,
                       updates_per_step=loop.updates_per_step, buffer_size=min(loop.buffer_size, loop.steps),
-                      eval_episodes=loop.eval_episodes)
+                      eval_episodes=loop.eval_episodes, seed_burst=loop.seed_burst, progress_every=every)
 
 
 def build_trainer(cfg: OnlineConfig) -> OffPolicyTrainer:
