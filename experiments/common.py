@@ -64,3 +64,21 @@ def parse_config(algo: str, options_name: str, options_default: Any, args: list[
     parsed = tyro.cli(typed, args=args, prog=f"{prog} {algo}", description=doc,
                       config=(tyro.conf.OmitArgPrefixes,))
     return parsed.agent, getattr(parsed, options_name)
+
+
+def pop_option(args: list[str], flag: str, default: str, allowed: tuple[str, ...]) -> tuple[str, list[str]]:
+    """(value of `flag VALUE` or `flag=VALUE`, the other args); exits 2 naming the allowed values."""
+    rest, value, i = [], default, 0
+    while i < len(args):
+        if args[i] == flag and i + 1 < len(args):
+            value, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith(flag + "="):
+            value = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    if value not in allowed:
+        print(f"error: unknown {flag[2:]} {value!r}; allowed: {', '.join(allowed)}", file=sys.stderr)
+        raise SystemExit(2)
+    return value, rest

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import tiny_online_config
 from experiments import collect
+from mbdpo_jax.train import collect as library_collect
 from mbdpo_jax import envs
 from mbdpo_jax.data import datasets, replay
 from mbdpo_jax.data.datasets import DatasetError, DatasetExistsError
@@ -281,7 +282,7 @@ def test_collect_from_run_directory(tmp_path, capsys):
     data = datasets.load_dataset(out)
     assert (data.rows, data.length, data.quality) == (4, 10, "medium") and str(run_dir) in data.source
     assert np.abs(data.arrays["action"]).max() <= 1.0
-    assert collect.default_quality(collect.CollectConfig("toy/pendulum", run_dir, 8, "x")) == "expert"
+    assert library_collect.default_quality(library_collect.CollectConfig("toy/pendulum", run_dir, 8, "x")) == "expert"
     capsys.readouterr()
     argv[1], argv[-1] = "toy/point-mass", str(tmp_path / "other")
     assert collect.main(argv) == 2

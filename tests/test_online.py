@@ -169,7 +169,7 @@ def test_help_of_an_algorithm_lists_every_setting_with_its_default(algo):
     from mbdpo_jax.agents import config_class
     from mbdpo_jax.train.config import LoopOptions, OnlineConfig, flat_fields
 
-    out = subprocess.run([sys.executable, "-m", "experiments.online", algo, "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "experiments.online", algo, "--preset", "paper", "--help"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0
     for name in flat_fields(OnlineConfig(agent=config_class(algo)(), loop=LoopOptions())):

@@ -103,9 +103,10 @@ def world_model_loss(model: WorldModel, coefs: LossCoefficients, params: dict, t
 
 
 def updated_q_scale(scale: jax.Array, q: jax.Array, tau: float) -> jax.Array:
-    """EMA of the 5th-95th percentile range of Q (TD-MPC2's RunningScale), floored at 1e-3."""
-    spread = jnp.percentile(q, 95) - jnp.percentile(q, 5)
-    return jnp.maximum(scale + tau * (spread - scale), 1e-3)
+    """TD-MPC2's RunningScale: EMA of the 5th-95th percentile range of Q, the range clamped to at
+    least 1 before the EMA, so S never falls below 1 (small Q ranges are not blown up)."""
+    spread = jnp.maximum(jnp.percentile(q, 95) - jnp.percentile(q, 5), 1.0)
+    return scale + tau * (spread - scale)
 
 
 def prior_loss(model: WorldModel, coefs: LossCoefficients, pi_params: dict, params: dict, q_scale: jax.Array,
