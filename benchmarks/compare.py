@@ -70,8 +70,10 @@ def agent_flags_class(algos: tuple[str, ...] = ALGORITHMS) -> type:
         types = {tp for tp, _ in owners.values()}
         if len(types) != 1:
             raise TypeError(f"setting {name} has different types in {', '.join(owners)}: {types}")
-        help_text = "default " + ", ".join(f"{algo}: {default!r}" for algo, (_, default) in owners.items())
-        tp = typing.Annotated[Optional[types.pop()], tyro.conf.arg(help=help_text)]
+        defaults = {repr(default) for _, default in owners.values()}
+        hint = (f"(default: {defaults.pop()} in {' and '.join(owners)})" if len(defaults) == 1 else
+                "(default: " + ", ".join(f"{d!r} in {algo}" for algo, (_, d) in owners.items()) + ")")
+        tp = typing.Annotated[Optional[types.pop()], tyro.conf.arg(help_behavior_hint=hint)]
         fields.append((name, tp, dataclasses.field(default=None)))
     return dataclasses.make_dataclass("AgentFlags", fields, frozen=True)
 

@@ -11,9 +11,9 @@ from mbdpo_jax.envs.base import EnvSpec
 from mbdpo_jax.planners import mbd
 from mbdpo_jax.planners.score import ScoreConfig, ScoreModel, monte_carlo_target, time_embedding
 from mbdpo_jax.train import checkpoint
-from mbdpo_jax.train.config import AgentOptions
+from mbdpo_jax.models.learner import LearnerConfig
 
-TOY_PLANNER = mbd.MBDConfig(horizon=2, diffusion_steps=8, num_samples=64, num_elites=8, num_pi_trajs=0)
+TOY_PLANNER = mbd.MBDConfig(diffusion_steps=8, num_samples=64, num_elites=8, num_pi_trajs=0)
 TARGET = jnp.array([[0.5], [-0.4]])  # optimum of the toy objective over [H=2, A=1] sequences
 
 
@@ -58,7 +58,8 @@ def test_monte_carlo_target_matches_float64_reference(seed):
 
 
 def _toy_model(lr=3e-3):
-    return ScoreModel(ScoreConfig(hidden=(64, 64), mc_samples=64, lr=lr), TOY_PLANNER, latent_dim=4, action_size=1)
+    return ScoreModel(ScoreConfig(score_hidden=(64, 64), score_samples=64, score_lr=lr), TOY_PLANNER, latent_dim=4,
+                      action_size=1, horizon=2)
 
 
 def _train_toy(model, steps=400, batch=128):
@@ -137,7 +138,8 @@ def test_score_only_planning_with_the_trained_net_reaches_the_optimum(trained_to
 def _agent(**overrides):
     spec = EnvSpec("test", obs_size=6, action_size=2, episode_length=100)
     planner = mbd.MBDConfig(diffusion_steps=4, num_samples=32, num_elites=4, num_pi_trajs=4)
-    cfg = MBDPOConfig(model_size="tiny", batch_size=32, planner=planner, score=ScoreConfig(mc_samples=16, batch=16))
+    cfg = MBDPOConfig(learner=LearnerConfig(model_size="tiny", batch_size=32), planner=planner,
+                      score=ScoreConfig(score_samples=16, score_batch=16))
     return MBDPO(dataclasses.replace(cfg, **overrides), spec)
 
 
@@ -162,7 +164,7 @@ def test_mbdpo_update_trains_the_score_network_under_jit():
     off = _agent()
     off_state = off.init(jax.random.PRNGKey(0))
     _, off_metrics = jax.jit(off.update)(off_state, _batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2))
-    assert "score_loss" not in off_metrics and not hasattr(off_state, "score")
+    assert "score_loss" not in off_metrics and off_state.score is None
 
 
 def test_score_only_agent_acts_without_the_monte_carlo_planner():
@@ -192,15 +194,13 @@ def test_agent_state_round_trips_through_a_checkpoint(use_score_network, tmp_pat
 
 
 def test_invalid_score_options_are_rejected():
-    """score_only without use_score_network names both options (agent config and CLI options); the CLI
-    refuses the score options for tdmpc2 and a non-positive sample count."""
-    with pytest.raises(ValueError, match="score_only.*use_score_network"):
-        _agent(score_only=True)
+    """score_only without use_score_network names both options; a non-positive sample count is named;
+    TD-MPC2's command line has no score options at all (they belong to MBDPO's config)."""
+    from mbdpo_jax.agents.tdmpc2 import TDMPC2Config
+    from mbdpo_jax.train.config import flat_fields
+
     with pytest.raises(ValueError, match="--score-only.*--use-score-network"):
-        AgentOptions(score_only=True).validate()
-    with pytest.raises(ValueError, match="mbdpo only.*tdmpc2"):
-        AgentOptions(algo="tdmpc2", use_score_network=True).validate()
-    with pytest.raises(ValueError, match="score-samples"):
-        AgentOptions(use_score_network=True, score_samples=0).validate()
-    with pytest.raises(ValueError, match="mc_samples=0"):
-        _agent(use_score_network=True, score=ScoreConfig(mc_samples=0))
+        _agent(score_only=True)
+    with pytest.raises(ValueError, match="score_samples=0"):
+        _agent(use_score_network=True, score=ScoreConfig(score_samples=0))
+    assert not any(name.startswith("score") for name in flat_fields(TDMPC2Config()))

@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbdpo_jax.agents.tdmpc2 import TDMPC2, TDMPC2Config, discount_from_episode_length
+from mbdpo_jax.agents.tdmpc2 import TDMPC2, TDMPC2Config
+from mbdpo_jax.models.learner import LearnerConfig
+from mbdpo_jax.models.losses import discount_from_episode_length
 from mbdpo_jax.envs.base import EnvSpec
 from mbdpo_jax.models.world_model import PRESETS, WorldModel, WorldModelConfig, count_params
 from mbdpo_jax.nn.layers import simnorm
@@ -106,7 +108,8 @@ def _fixed_batch(key, spec, horizon=3, batch=32):
 def test_world_model_losses_fall_on_a_fixed_batch():
     """Repeated updates on one batch drive consistency, reward and value losses down."""
     spec = EnvSpec("test", obs_size=6, action_size=2, episode_length=100)
-    cfg = TDMPC2Config(model_size="tiny", batch_size=32, planner=MPPIConfig(num_samples=32, num_elites=4, num_pi_trajs=4))
+    cfg = TDMPC2Config(learner=LearnerConfig(model_size="tiny", batch_size=32),
+                       planner=MPPIConfig(num_samples=32, num_elites=4, num_pi_trajs=4))
     agent = TDMPC2(cfg, spec)
     state = agent.init(jax.random.PRNGKey(0))
     batch = _fixed_batch(jax.random.PRNGKey(1), spec)
@@ -123,6 +126,6 @@ def test_world_model_losses_fall_on_a_fixed_batch():
 
 def test_sequence_mask_stops_at_episode_boundaries():
     """Loss weights vanish after the first episode end inside a sampled sequence."""
-    from mbdpo_jax.agents.tdmpc2 import sequence_mask
+    from mbdpo_jax.models.losses import sequence_mask
     end = jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # [H=3, B=3]
     np.testing.assert_array_equal(sequence_mask(end), [[1, 1, 1], [1, 0, 1], [0, 0, 1]])

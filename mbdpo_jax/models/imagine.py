@@ -36,22 +36,30 @@ def rollout_prior(model: WorldModel, params: dict, z: jax.Array, key: jax.Array,
 
 def trajectory_value(model: WorldModel, params: dict, z: jax.Array, actions: jax.Array, key: jax.Array,
                      gamma: Any, task: Any = None, step_bonus: StepBonus | None = None) -> jax.Array:
-    """sum_t gamma^t [r_hat(z_t, a_t) + bonus(z_t, a_t)] + gamma^H * avg Q(z_H, pi(z_H)), actions [N, H, A]."""
-    zs = jnp.broadcast_to(z, (actions.shape[0],) + z.shape)
+    """sum_t gamma^t [r_hat(z_t, a_t) + bonus(z_t, a_t)] + gamma^H * avg Q(z_H, pi(z_H)), actions [N, H, A].
+
+    With an episodic model, everything after a predicted termination (sigmoid of the termination head
+    at z_{t+1} above 0.5) is masked out, as in TD-MPC2's planner.
+    """
+    num = actions.shape[0]
+    zs = jnp.broadcast_to(z, (num,) + z.shape)
 
     def step(carry, a_t):
-        z_t, ret, disc = carry
+        z_t, ret, disc, alive = carry
         r_t = model.reward_value(params, z_t, a_t, task)
         if step_bonus is not None:
             r_t = r_t + step_bonus(z_t, a_t)
-        ret = ret + disc * r_t
-        return (model.next(params, z_t, a_t, task), ret, disc * gamma), None
+        ret = ret + disc * alive * r_t
+        z_next = model.next(params, z_t, a_t, task)
+        if model.cfg.episodic:
+            alive = alive * (model.termination(params, z_next, task) <= 0.0)  # logit > 0 <=> p > 0.5
+        return (z_next, ret, disc * gamma, alive), None
 
-    init = (zs, jnp.zeros(actions.shape[0]), jnp.ones(()))
-    (z_h, ret, disc), _ = jax.lax.scan(step, init, jnp.swapaxes(actions, 0, 1))
+    init = (zs, jnp.zeros(num), jnp.ones(()), jnp.ones(num))
+    (z_h, ret, disc, alive), _ = jax.lax.scan(step, init, jnp.swapaxes(actions, 0, 1))
     k_pi, k_q = jax.random.split(key)
     a_h, _ = model.pi(params, z_h, k_pi, task)
-    return ret + disc * model.q_value(params, z_h, a_h, k_q, task)
+    return ret + disc * alive * model.q_value(params, z_h, a_h, k_q, task)
 
 
 @struct.dataclass

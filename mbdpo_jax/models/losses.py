@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from mbdpo_jax.models.world_model import WorldModel
 
@@ -29,6 +30,8 @@ class LossCoefficients:
     value_coef: float = 0.1
     entropy_coef: float = 1e-4
     """alpha of the prior loss's entropy term."""
+    termination_coef: float = 1.0
+    """Weight of the termination BCE (episodic tasks only)."""
     tau: float = 0.01
     """EMA rate of the target Qs and of the running Q scale."""
 
@@ -38,7 +41,7 @@ class LossCoefficients:
             raise ValueError(f"rho must be in (0, 1], got {self.rho}")
         if not 0 < self.tau <= 1:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        for name in ("consistency_coef", "reward_coef", "value_coef", "entropy_coef"):
+        for name in ("consistency_coef", "reward_coef", "value_coef", "entropy_coef", "termination_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
@@ -68,8 +71,8 @@ def td_targets(model: WorldModel, params: dict, target_qs: Any, batch: dict, key
 
 def world_model_loss(model: WorldModel, coefs: LossCoefficients, params: dict, target_qs: Any, batch: dict,
                      key: jax.Array, gamma: Any) -> tuple[jax.Array, tuple[dict, jax.Array, jax.Array]]:
-    """20 * consistency + 0.1 * reward CE + 0.1 * value CE, each rho^t weighted and masked after an
-    episode boundary.
+    """20 * consistency + 0.1 * reward CE + 0.1 * value CE (+ termination BCE on episodic tasks), each
+    rho^t weighted and masked after an episode boundary.
 
     Returns (total, (losses, zs [H+1, B, Z] the dynamics-rolled latents (detached), their mask [H+1, B])).
     """
@@ -98,6 +101,11 @@ def world_model_loss(model: WorldModel, coefs: LossCoefficients, params: dict, t
     total = (coefs.consistency_coef * losses["consistency_loss"] + coefs.reward_coef * losses["reward_loss"]
              + coefs.value_coef * losses["value_loss"])
     all_zs = jnp.concatenate([zs, z_last[None]], 0)
+    if model.cfg.episodic:
+        # Episodic tasks (TD-MPC2's `episodic` option): predict termination from the rolled z_{t+1}.
+        logits = model.termination(params, all_zs[1:], task)
+        losses["termination_loss"] = per_step(optax.sigmoid_binary_cross_entropy(logits, batch["done"]))
+        total = total + coefs.termination_coef * losses["termination_loss"]
     all_mask = jnp.concatenate([mask, mask[-1:] * (1.0 - batch["end"][-1:])], 0)
     return total, (losses, jax.lax.stop_gradient(all_zs), all_mask)
 
