@@ -1,17 +1,25 @@
-"""Study: MBDPO with and without its energy F against TD-MPC2, same env steps, seeds and budget.
+"""Study: MBDPO with and without its energy F, and with and without distillation into the prior,
+against TD-MPC2 (Hansen et al., 2024); same env steps, seeds and budget.
 
     python -m benchmarks.study --tasks dmc/cartpole-swingup:30000 dmc/cartpole-balance:10000 \
         --seeds 0 --runs-dir runs/study --out benchmarks/results/2026-11-21-cpu-study
 
-Each (task, variant, seed) is one ordinary `python -m experiments.online` run in
+Each (task, variant, seed) is one ordinary `python -m experiments.online ALGO` run in
 `<runs-dir>/<task>/<variant>/seed<k>`, launched one after the other (a finished run is not
 repeated; an interrupted one resumes from its checkpoint). All variants share the CPU settings of
 the README's first command (tiny model, 4 envs, batch 128, half an update per env step, 64
-candidates / 8 elites / 4 prior trajectories). The variants differ only in the planner:
+candidates / 8 elites / 4 prior trajectories). The variants (flags written out even where they are
+today's defaults, so each run's command says what it ran):
 
-- `mbdpo`: reverse diffusion (`--diffusion-steps`) with eta * F in the objective;
-- `mbdpo-no-F`: the same with `--no-use-energy`;
+- `mbdpo`: reverse diffusion (`--diffusion-steps`) with eta * F in the objective, no distillation
+  (`--use-energy --distill-coef 0`);
+- `mbdpo-no-F`: the same without F (`--no-use-energy --distill-coef 0`);
+- `mbdpo-distill`: `mbdpo` with the planner's actions distilled into the prior (`--distill-coef 0.1`);
 - `tdmpc2`: MPPI (`--iterations`).
+
+An existing run directory whose config.json (format 2: {"format", "algo", "agent", "loop"}) does
+not hold its variant's algorithm and settings, e.g. one written by an older mbdpo_jax, stops the
+study with a message naming it, rather than being reported as that variant.
 
 Writes `<out>.json` (every eval return of every run, wall time and env steps/s), `<out>.md` (a
 table) and `<out>.png` (eval return against env steps, mean over seeds with min-max band).
@@ -29,8 +37,9 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-SHARED_OPTIONS = ("--model-size tiny --num-envs 4 --updates-per-step 0.5 --batch-size 128 --num-samples 64 "
-                  "--num-elites 8 --num-pi-trajs 4 --seed-steps 2000 --eval-episodes 4").split()
+SHARED_SETTINGS = {"model_size": "tiny", "num_envs": 4, "updates_per_step": 0.5, "batch_size": 128,
+                   "num_samples": 64, "num_elites": 8, "num_pi_trajs": 4, "seed_steps": 2000, "eval_episodes": 4}
+"""Settings of every run, by flag name (underscored)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +47,13 @@ class StudyConfig:
     tasks: tuple[str, ...] = ("dmc/cartpole-swingup:30000", "dmc/cartpole-balance:10000")
     """Env names with their env-step budget, as NAME:STEPS."""
     seeds: tuple[int, ...] = (0,)
-    variants: tuple[str, ...] = ("mbdpo", "mbdpo-no-F", "tdmpc2")
+    variants: tuple[str, ...] = ("mbdpo", "mbdpo-no-F", "mbdpo-distill", "tdmpc2")
     diffusion_steps: int = 8
+    """Reverse-diffusion steps of the mbdpo variants."""
     iterations: int = 4
     """MPPI iterations of the tdmpc2 variant."""
+    distill_coef: float = 0.1
+    """Distillation weight of the mbdpo-distill variant (the others use 0)."""
     evals_per_run: int = 10
     """Evaluations per run (eval every steps / evals_per_run env steps)."""
     runs_dir: str = "runs/study"
@@ -51,11 +63,30 @@ class StudyConfig:
     """Only aggregate runs that already exist."""
 
 
-VARIANT_OPTIONS = {
-    "mbdpo": lambda c: ["--algo", "mbdpo", "--diffusion-steps", str(c.diffusion_steps)],
-    "mbdpo-no-F": lambda c: ["--algo", "mbdpo", "--diffusion-steps", str(c.diffusion_steps), "--no-use-energy"],
-    "tdmpc2": lambda c: ["--algo", "tdmpc2", "--iterations", str(c.iterations)],
+VARIANTS = {
+    # name: study config -> (algorithm, its settings by flag name)
+    "mbdpo": lambda c: ("mbdpo", {"diffusion_steps": c.diffusion_steps, "use_energy": True, "distill_coef": 0.0}),
+    "mbdpo-no-F": lambda c: ("mbdpo", {"diffusion_steps": c.diffusion_steps, "use_energy": False,
+                                       "distill_coef": 0.0}),
+    "mbdpo-distill": lambda c: ("mbdpo", {"diffusion_steps": c.diffusion_steps, "use_energy": True,
+                                          "distill_coef": c.distill_coef}),
+    "tdmpc2": lambda c: ("tdmpc2", {"iterations": c.iterations}),
 }
+
+
+def flags(settings: dict) -> list[str]:
+    """Command-line flags of settings by flag name: `--name value`, `--name`/`--no-name` for booleans."""
+    out = []
+    for name, value in settings.items():
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            out += [f"--{flag}", str(value)]
+    return out
+
+
+SHARED_OPTIONS = flags(SHARED_SETTINGS)
 
 
 def parse_task(spec: str) -> tuple[str, int]:
@@ -69,11 +100,50 @@ def run_dir(cfg: StudyConfig, task: str, variant: str, seed: int) -> Path:
     return Path(cfg.runs_dir) / task.replace("/", "_") / variant / f"seed{seed}"
 
 
+def run_settings(cfg: StudyConfig, task: str, steps: int, variant: str, seed: int) -> tuple[str, dict]:
+    """(algorithm, every setting the run's command sets, by flag name)."""
+    algo, own = VARIANTS[variant](cfg)
+    return algo, {"env": task, "steps": steps, "eval_every": steps // cfg.evals_per_run, "seed": seed,
+                  "run_dir": str(run_dir(cfg, task, variant, seed)), "progress": False, **SHARED_SETTINGS, **own}
+
+
 def command(cfg: StudyConfig, task: str, steps: int, variant: str, seed: int) -> list[str]:
-    return [sys.executable, "-m", "experiments.online", "--env", task, "--steps", str(steps),
-            "--eval-every", str(steps // cfg.evals_per_run), "--seed", str(seed),
-            "--run-dir", str(run_dir(cfg, task, variant, seed)), "--no-progress",
-            *SHARED_OPTIONS, *VARIANT_OPTIONS[variant](cfg)]
+    """`python -m experiments.online ALGO --flags` of one run."""
+    algo, settings = run_settings(cfg, task, steps, variant, seed)
+    return [sys.executable, "-m", "experiments.online", algo, *flags(settings)]
+
+
+def config_mismatch(path: Path, algo: str, settings: dict) -> str | None:
+    """Why the run in `path` is not (algo, settings), or None when it is or has no config.json yet.
+
+    Reads config.json as `mbdpo_jax.train.config.to_dict` writes it and compares the settings by
+    flag name, wherever they are nested; `run_dir` and `progress` may differ (moved or rerun runs).
+    """
+    from mbdpo_jax.train.config import OnlineConfig, flat_fields, from_dict
+
+    config_path = path / "config.json"
+    if not config_path.exists():
+        return None
+    try:
+        online = from_dict(OnlineConfig, json.loads(config_path.read_text()))
+    except (ValueError, TypeError, KeyError) as err:
+        return f"its config.json does not load: {err}"
+    if online.algo != algo:
+        return f"it ran {online.algo}, not {algo}"
+    paths = flat_fields(online)
+    diffs = []
+    for name, want in settings.items():
+        if name in ("run_dir", "progress"):
+            continue
+        if name not in paths:
+            diffs.append(f"{name} is not a setting of it")
+            continue
+        have = online
+        for part in paths[name]:
+            have = getattr(have, part)
+        if have != want:
+            diffs.append(f"{name}={have!r}, not {want!r}")
+    return "; ".join(diffs) or None
 
 
 def finished(path: Path, steps: int) -> bool:
@@ -136,9 +206,9 @@ def plot(curves: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = tyro.cli(StudyConfig, args=argv, description=__doc__)
-    unknown = set(cfg.variants) - set(VARIANT_OPTIONS)
+    unknown = set(cfg.variants) - set(VARIANTS)
     if unknown:
-        raise SystemExit(f"unknown variant(s) {sorted(unknown)}; allowed: {', '.join(VARIANT_OPTIONS)}")
+        raise SystemExit(f"unknown variant(s) {sorted(unknown)}; allowed: {', '.join(VARIANTS)}")
     tasks = [parse_task(t) for t in cfg.tasks]
     commands = {}
     for task, steps in tasks:
@@ -146,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             for variant in cfg.variants:
                 cmd = command(cfg, task, steps, variant, seed)
                 commands[f"{task} {variant} seed{seed}"] = " ".join(cmd[1:])
-                if cfg.report_only or finished(run_dir(cfg, task, variant, seed), steps):
+                path = run_dir(cfg, task, variant, seed)
+                mismatch = config_mismatch(path, *run_settings(cfg, task, steps, variant, seed))
+                if mismatch:
+                    raise SystemExit(f"run directory {path} is not the {variant} variant ({mismatch}); "
+                                     "pick another --runs-dir")
+                if cfg.report_only or finished(path, steps):
                     continue
                 start = time.perf_counter()
                 print(f"[study] {task} {variant} seed {seed}", flush=True)

@@ -148,3 +148,48 @@ def test_act_reports_a_finite_prior_divergence_and_respects_action_bounds():
     assert action.shape == (2,) and plan.shape == (3, 2)
     assert bool(jnp.all(jnp.abs(action) <= 1.0))
     assert bool(jnp.isfinite(aux["prior_divergence"]))
+
+
+def test_energy_normaliser_tracks_emas_of_the_batch_mean_and_the_batch_std():
+    """F's normaliser keeps EMA(batch mean) and EMA(batch std) (MBDPO's code), not an EMA of the
+    variance around the running mean; normalised logits are clipped."""
+    stats = Normalizer.create()
+    logits = jnp.array([1.0, 3.0, 5.0, 7.0])
+    stats = stats.update(logits, momentum=0.9)
+    np.testing.assert_allclose(float(stats.mean), 0.1 * 4.0, rtol=1e-6)
+    np.testing.assert_allclose(float(stats.std), 0.9 * 1.0 + 0.1 * float(jnp.std(logits)), rtol=1e-6)
+    assert float(jnp.max(jnp.abs(stats(100 * logits, clip=5.0)))) == 5.0
+
+
+def test_energy_trains_on_the_rolled_latents_with_the_pre_update_prior(monkeypatch):
+    """F's loss sees the world model's dynamics-rolled latents of the batch (detached) and negatives
+    from the prior at the parameters before the update, and is 0.5 (BCE_pos + BCE_neg)."""
+    from mbdpo_jax.models import losses
+
+    agent = _agent()
+    state = agent.init(jax.random.PRNGKey(0))
+    batch = _batch(jax.random.PRNGKey(1))
+    seen = {}
+    real_loss = agent.energy.loss
+
+    def recording(params, x, real, prior_action, weight, key):
+        seen.update(x=x, real=real)
+        return real_loss(params, x, real, prior_action, weight, key)
+
+    monkeypatch.setattr(agent.energy, "loss", recording)
+    with jax.disable_jit():
+        agent.update(state, batch, jax.random.PRNGKey(2))
+    params = state.learner.params
+    _, (_, zs, _) = losses.world_model_loss(agent.model, agent.cfg.learner.losses, params, params["qs"], batch,
+                                            jax.random.PRNGKey(0), agent.learner.discount)
+    assert seen["x"].shape == zs[:-1].shape
+    np.testing.assert_allclose(np.asarray(seen["x"][0]), np.asarray(zs[0]), atol=1e-5)  # z_0 = encode(obs_0)
+    z = jnp.zeros((5, 4))
+    energy = ActionEnergy(EnergyConfig(energy_hidden=(8,)), latent_size=4, action_size=2)
+    p = jax.tree.map(lambda x: x + 0.5, energy.init(jax.random.PRNGKey(3)))
+    a = jnp.zeros((5, 2))
+    loss, _ = energy.loss(p, z, a, a, jnp.ones(5), jax.random.PRNGKey(4))
+    fake, _ = energy.hard_negatives(p, z, a, jax.random.PRNGKey(4))
+    bce = 0.5 * (optax.sigmoid_binary_cross_entropy(energy.logit(p, z, a), 1.0)
+                 + optax.sigmoid_binary_cross_entropy(energy.logit(p, z, fake), 0.0))
+    np.testing.assert_allclose(float(loss), float(jnp.mean(bce)), rtol=1e-5)

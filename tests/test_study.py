@@ -41,3 +41,49 @@ def test_report_table_and_plot_from_run_directories(tmp_path):
     assert "| toy/pendulum | mbdpo | 2 | -150 ± 50 | -150 ± 50 | -550 ± 17 | 10 |" in table
     assert "tdmpc2" not in table  # no runs of it
     assert (tmp_path / "out" / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_commands_name_the_algorithm_first_and_spell_out_the_variant():
+    """Each run is `experiments.online ALGO --flags` (no --algo); the MBDPO variants differ in F and
+    distillation only, both written out, and the command parses to the variant's config."""
+    from experiments.common import parse_config
+    from mbdpo_jax.train.config import LoopOptions
+
+    cfg = study.StudyConfig(runs_dir="r")
+    cmds = {v: study.command(cfg, "toy/pendulum", 100, v, 0) for v in cfg.variants}
+    assert set(cmds) == {"mbdpo", "mbdpo-no-F", "mbdpo-distill", "tdmpc2"}
+    for variant, cmd in cmds.items():
+        assert cmd[1:4] == ["-m", "experiments.online", variant.split("-")[0]] and "--algo" not in cmd
+    assert "--no-use-energy" in cmds["mbdpo-no-F"] and "--use-energy" in cmds["mbdpo"]
+    tail = lambda cmd: cmd[cmd.index("--distill-coef") + 1]
+    assert (tail(cmds["mbdpo"]), tail(cmds["mbdpo-no-F"]), tail(cmds["mbdpo-distill"])) == ("0.0", "0.0", "0.1")
+    agent, loop = parse_config("mbdpo", "loop", LoopOptions(), cmds["mbdpo-distill"][4:], "p", "d")
+    assert (agent.distill_coef, agent.use_energy, agent.planner.diffusion_steps) == (0.1, True, 8)
+    assert (agent.learner.model_size, loop.num_envs, loop.steps, loop.progress) == ("tiny", 4, 100, False)
+    agent, _ = parse_config("tdmpc2", "loop", LoopOptions(), cmds["tdmpc2"][4:], "p", "d")
+    assert agent.planner.iterations == 4
+
+
+def test_a_run_directory_of_another_variant_or_format_is_refused(tmp_path):
+    """config.json (format 2) must hold the variant's algorithm and settings; an older format or
+    another variant's settings stop the study naming the difference; no config.json is accepted."""
+    import json
+
+    from mbdpo_jax.agents import config_class
+    from mbdpo_jax.train.config import LoopOptions, OnlineConfig, replace_flat, to_dict
+
+    cfg = study.StudyConfig(runs_dir=str(tmp_path))
+    algo, settings = study.run_settings(cfg, "toy/pendulum", 100, "mbdpo", 0)
+    path = study.run_dir(cfg, "toy/pendulum", "mbdpo", 0)
+    assert study.config_mismatch(path, algo, settings) is None
+    path.mkdir(parents=True)
+    online = replace_flat(OnlineConfig(agent=config_class("mbdpo")(), loop=LoopOptions()), **settings)
+    (path / "config.json").write_text(json.dumps(to_dict(online)))
+    assert study.config_mismatch(path, algo, settings) is None
+    (path / "config.json").write_text(json.dumps(to_dict(replace_flat(online, distill_coef=0.1))))
+    assert "distill_coef=0.1, not 0.0" in study.config_mismatch(path, algo, settings)
+    (path / "config.json").write_text(json.dumps({"algo": "mbdpo", "model_size": "tiny"}))
+    assert "format" in study.config_mismatch(path, algo, settings)
+    with pytest.raises(SystemExit, match="not the mbdpo variant"):
+        study.main(["--tasks", "toy/pendulum:100", "--variants", "mbdpo", "--runs-dir", str(tmp_path),
+                    "--out", str(tmp_path / "out"), "--report-only"])

@@ -106,7 +106,7 @@ class MBDPO:
             return None
         params = state.learner.params
         return lambda z, a: self.cfg.eta * self.energy.normalized(
-            params["energy"], state.energy_stats, self.model._with_task(params, z, task), a)
+            params["energy"], state.energy_stats, self.model.with_task(params, z, task), a)
 
     def act(self, state: MBDPOState, obs: jax.Array, warm_start: jax.Array, key: jax.Array,
             eval_mode: bool = False, task: Any = None) -> tuple[jax.Array, jax.Array, dict]:
@@ -139,7 +139,7 @@ class MBDPO:
         frozen = jax.lax.stop_gradient(params)
         z = zs[:-1]
         prior_action, _ = self.model.pi(frozen, z, k_pi, task)
-        x = self.model._with_task(frozen, z, task)
+        x = self.model.with_task(frozen, z, task)
         loss, aux = self.energy.loss(params["energy"], x, batch["action"], prior_action, mask[:-1], k_neg)
         return self.cfg.energy.energy_coef * loss, aux
 

@@ -37,6 +37,9 @@ class LearnerConfig:
     grad_clip_norm: float = 20.0
     discount: Optional[float] = None
     """None: from the episode length, gamma = clip((T/5 - 1)/(T/5), 0.95, 0.995) (TD-MPC2)."""
+    episodic: Optional[bool] = None
+    """Learn a termination head and mask planning after predicted terminations; None: on for envs
+    whose episodes can terminate early (e.g. brax/hopper, brax/ant)."""
     losses: LossCoefficients = LossCoefficients()
 
     def validate(self) -> None:
@@ -74,8 +77,10 @@ class LatentLearner:
         """action_masks: [num_tasks, action_size] real-action-dimension masks of a multi-task agent."""
         cfg.validate()
         self.cfg, self.spec = cfg, spec
+        episodic = spec.terminates if cfg.episodic is None else cfg.episodic
         self.model = WorldModel(
-            WorldModelConfig.from_preset(cfg.model_size, spec.obs_size, spec.action_size, num_tasks=num_tasks),
+            WorldModelConfig.from_preset(cfg.model_size, spec.obs_size, spec.action_size, num_tasks=num_tasks,
+                                         episodic=episodic),
             action_masks,
         )
         self.discount = (cfg.discount if cfg.discount is not None

@@ -119,16 +119,18 @@ def updated_q_scale(scale: jax.Array, q: jax.Array, tau: float) -> jax.Array:
 
 def prior_loss(model: WorldModel, coefs: LossCoefficients, pi_params: dict, params: dict, q_scale: jax.Array,
                zs: jax.Array, mask: jax.Array, task: Any, key: jax.Array) -> tuple[jax.Array, tuple]:
-    """Policy prior loss -(alpha * entropy + avg Q) / S, rho^t weighted, latents detached.
+    """Policy prior loss -(alpha * scaled entropy + avg Q / S), rho^t weighted, latents detached.
 
-    Returns (loss, (updated running Q scale S, mean entropy)).
+    As TD-MPC2's code: the entropy term is the scaled entropy (Gaussian log-probability times the
+    number of real action dimensions, see `WorldModel.pi`), only Q is divided by the running scale
+    S, and the Q heads run with dropout on (train mode). Returns (loss, (updated S, mean entropy)).
     """
-    k_pi, k_q = jax.random.split(key)
+    k_pi, k_q, k_drop = jax.random.split(key, 3)
     full = {**params, "pi": pi_params}
     a, aux = model.pi(full, zs, k_pi, task)
-    q = model.q_value(jax.lax.stop_gradient(params), zs, a, k_q, task)
+    q = model.q_value(jax.lax.stop_gradient(params), zs, a, k_q, task, dropout_key=k_drop)
     q_scale = updated_q_scale(q_scale, jax.lax.stop_gradient(q[0]), coefs.tau)
     rho = (coefs.rho ** jnp.arange(zs.shape[0]))[:, None]
-    per_sample = -(coefs.entropy_coef * aux["entropy"] + q / q_scale)
+    per_sample = -(coefs.entropy_coef * aux["scaled_entropy"] + q / q_scale)
     loss = jnp.sum(rho * mask * per_sample) / (zs.shape[0] * zs.shape[1])
     return loss, (q_scale, aux["entropy"].mean())

@@ -56,6 +56,7 @@ class WorldModelConfig:
     task_dim: int = 96
     log_std_min: float = -10.0
     log_std_max: float = 2.0
+    episodic: bool = False  # a termination head for tasks whose episodes end early
 
     @classmethod
     def from_preset(cls, size: str, obs_size: int, action_size: int, **overrides: Any) -> "WorldModelConfig":
@@ -92,6 +93,7 @@ class WorldModel:
         self.q_net = Ensemble(cfg.num_q, two, cfg.num_bins, dropout=cfg.q_dropout, zero_last=True)
         # Same network restricted to two heads: value estimates use two random Qs, so only those run.
         self.q_pair_net = Ensemble(2, two, cfg.num_bins, dropout=cfg.q_dropout, zero_last=True)
+        self.termination_net = MLP(two, 1) if cfg.episodic else None
 
     # ---- parameters -------------------------------------------------------------------------
     def init(self, key: jax.Array) -> Params:
@@ -109,13 +111,17 @@ class WorldModel:
             "pi": self.pi_net.init(keys[3], z)["params"],
             "qs": self.q_net.init(keys[4], za)["params"],
         }
+        if cfg.episodic:
+            params["termination"] = self.termination_net.init(keys[5], z)["params"]
         if cfg.multitask:
-            params["task_emb"] = jax.random.normal(keys[5], (cfg.num_tasks, cfg.task_dim))
+            # TD-MPC2: nn.Embedding initialised U(-0.02, 0.02) (its weight init), used with max_norm 1.
+            params["task_emb"] = jax.random.uniform(jax.random.fold_in(keys[5], 1), (cfg.num_tasks, cfg.task_dim),
+                                                    minval=-0.02, maxval=0.02)
         return params
 
     # ---- task conditioning ------------------------------------------------------------------
     def _with_task(self, params: Params, x: jax.Array, task: jax.Array | None) -> jax.Array:
-        """Concatenate the (max-norm 1) task embedding to x when the model is multi-task."""
+        """Concatenate the (max-norm 1) task embedding to x when the model is multi-task: [x, e]."""
         if not self.cfg.multitask:
             return x
         if task is None:
@@ -124,6 +130,14 @@ class WorldModel:
         emb = emb / jnp.maximum(1.0, jnp.linalg.norm(emb, axis=-1, keepdims=True))
         emb = jnp.broadcast_to(emb, x.shape[:-1] + emb.shape[-1:])
         return jnp.concatenate([x, emb], axis=-1)
+
+    def _za(self, params: Params, z: jax.Array, a: jax.Array, task: jax.Array | None) -> jax.Array:
+        """[z, e, a], TD-MPC2's input order for dynamics, reward and Q."""
+        return jnp.concatenate([self._with_task(params, z, task), a], -1)
+
+    def with_task(self, params: Params, x: jax.Array, task: jax.Array | None = None) -> jax.Array:
+        """x with the task embedding appended ([x, e]; x unchanged for single-task models)."""
+        return self._with_task(params, x, task)
 
     def action_mask(self, task: jax.Array | None) -> jax.Array:
         """The 0/1 mask of real action dimensions for `task` (all ones for single-task models)."""
@@ -136,18 +150,24 @@ class WorldModel:
         return self.encoder_net.apply({"params": params["encoder"]}, self._with_task(params, obs, task))
 
     def next(self, params: Params, z: jax.Array, a: jax.Array, task: jax.Array | None = None) -> jax.Array:
-        za = self._with_task(params, jnp.concatenate([z, a], -1), task)
+        za = self._za(params, z, a, task)
         return self.dynamics_net.apply({"params": params["dynamics"]}, za)
 
     def reward(self, params: Params, z: jax.Array, a: jax.Array, task: jax.Array | None = None) -> jax.Array:
         """Reward logits over the two-hot bins."""
-        za = self._with_task(params, jnp.concatenate([z, a], -1), task)
+        za = self._za(params, z, a, task)
         return self.reward_net.apply({"params": params["reward"]}, za)
+
+    def termination(self, params: Params, z: jax.Array, task: jax.Array | None = None) -> jax.Array:
+        """Termination logit at latent z (episodic models; TD-MPC2's `episodic` option)."""
+        if self.termination_net is None:
+            raise ValueError("this world model has no termination head (WorldModelConfig.episodic=False)")
+        return self.termination_net.apply({"params": params["termination"]}, self._with_task(params, z, task))[..., 0]
 
     def Q(self, params: Params, z: jax.Array, a: jax.Array, task: jax.Array | None = None,
           qs_params: Any = None, dropout_key: jax.Array | None = None) -> jax.Array:
         """Logits [num_q, ..., bins]. `qs_params` swaps in e.g. the EMA target ensemble."""
-        za = self._with_task(params, jnp.concatenate([z, a], -1), task)
+        za = self._za(params, z, a, task)
         variables = {"params": params["qs"] if qs_params is None else qs_params}
         if dropout_key is None:
             return self.q_net.apply(variables, za)
@@ -170,7 +190,12 @@ class WorldModel:
         eps = jax.random.normal(key, mean.shape)
         action = jnp.tanh(mean + eps * jnp.exp(log_std))
         log_prob = _squashed_log_prob(eps, log_std, action, mask)
-        aux = {"mean": jnp.tanh(mean) * mask, "log_prob": log_prob, "entropy": -log_prob}
+        # TD-MPC2's scaled entropy: the Gaussian (pre-squash) log-probability times the number of real
+        # action dimensions, the prior loss's entropy term.
+        dims = jnp.sum(mask, -1)
+        gauss = jnp.sum(mask * (-0.5 * eps**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)), -1)
+        aux = {"mean": jnp.tanh(mean) * mask, "log_prob": log_prob, "entropy": -log_prob,
+               "scaled_entropy": -gauss * dims}
         return action * mask, aux
 
     def _mask_like(self, mean: jax.Array, task: jax.Array | None, action_mask: jax.Array | None) -> jax.Array:
@@ -189,12 +214,19 @@ class WorldModel:
 
     # ---- derived quantities -----------------------------------------------------------------
     def q_value(self, params: Params, z: jax.Array, a: jax.Array, key: jax.Array, task: jax.Array | None = None,
-                qs_params: Any = None, reduce: str = "avg") -> jax.Array:
-        """Scalar value from two randomly chosen Q heads: their mean ('avg') or minimum ('min')."""
+                qs_params: Any = None, reduce: str = "avg", dropout_key: jax.Array | None = None) -> jax.Array:
+        """Scalar value from two randomly chosen Q heads: their mean ('avg') or minimum ('min').
+
+        dropout_key: run the heads with dropout on (the reference's train mode, as in its prior loss).
+        """
         idx = jax.random.choice(key, self.cfg.num_q, (2,), replace=False)
         pair = jax.tree.map(lambda p: p[idx], params["qs"] if qs_params is None else qs_params)
-        za = self._with_task(params, jnp.concatenate([z, a], -1), task)
-        values = self.cfg.two_hot.decode(self.q_pair_net.apply({"params": pair}, za))
+        za = self._za(params, z, a, task)
+        if dropout_key is None:
+            logits = self.q_pair_net.apply({"params": pair}, za)
+        else:
+            logits = self.q_pair_net.apply({"params": pair}, za, False, rngs={"dropout": dropout_key})
+        values = self.cfg.two_hot.decode(logits)
         return values.mean(0) if reduce == "avg" else values.min(0)
 
     def reward_value(self, params: Params, z: jax.Array, a: jax.Array, task: jax.Array | None = None) -> jax.Array:

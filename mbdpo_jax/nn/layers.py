@@ -7,8 +7,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# TD-MPC2 initialises every linear layer with a truncated normal of std 0.02 and zero bias.
-default_kernel_init = nn.initializers.truncated_normal(stddev=0.02)
+# TD-MPC2 initialises every linear layer with trunc_normal(std=0.02) truncated at +-2 in absolute
+# value, which never bites: effectively N(0, 0.02^2), zero bias. (jax's truncated_normal(0.02)
+# truncates at 2 std and has std 0.0176.)
+default_kernel_init = nn.initializers.normal(stddev=0.02)
+# PyTorch's LayerNorm epsilon, as in TD-MPC2 (flax's default is 1e-6).
+LAYER_NORM_EPS = 1e-5
 
 
 def mish(x: jax.Array) -> jax.Array:
@@ -37,7 +41,7 @@ class NormedLinear(nn.Module):
         x = nn.Dense(self.features, kernel_init=default_kernel_init)(x)
         if self.dropout > 0:
             x = nn.Dropout(self.dropout, deterministic=deterministic)(x)
-        x = nn.LayerNorm()(x)
+        x = nn.LayerNorm(epsilon=LAYER_NORM_EPS)(x)
         return self.activation(x)
 
 
