@@ -14,10 +14,11 @@ from mbdpo_jax.train import checkpoint
 from mbdpo_jax.models.learner import LearnerConfig
 
 TOY_PLANNER = mbd.MBDConfig(diffusion_steps=8, num_samples=64, num_elites=8, num_pi_trajs=0)
+TOY_HORIZON = 2
 TARGET = jnp.array([[0.5], [-0.4]])  # optimum of the toy objective over [H=2, A=1] sequences
 
 
-def _toy_value(actions):
+def _toy_value(actions, key=None):
     return -jnp.sum((actions - TARGET) ** 2, axis=(1, 2))
 
 
@@ -33,21 +34,22 @@ def test_time_embedding_shape_range_and_distinct_steps():
 @pytest.mark.parametrize("seed", range(3))
 def test_monte_carlo_target_matches_float64_reference(seed):
     """The score target equals the formula computed independently in float64 numpy: candidates
-    clip(x_k / sqrt(abar) + sqrt((1 - abar) / abar) eps), top-k standardised softmax weights, x0bar,
-    score = (-x_k + sqrt(abar) x0bar) / (1 - abar)."""
+    clip(x_k / sqrt(abar) + sqrt((1 - abar) / abar) eps), J standardised with the unbiased std, top-k
+    softmax weights, x0bar, score = (-x_k + sqrt(abar) x0bar) / (1 - abar)."""
     rng = np.random.default_rng(seed)
     n, elites, temp = 64, 8, 0.5
     x_k = rng.uniform(-1, 1, (3, 2))
     abar = float(rng.uniform(0.8, 0.999))
     w_lin, w_quad = rng.normal(size=(3, 2)), rng.uniform(0.5, 2, (3, 2))
     key = jax.random.PRNGKey(seed)
-    value = lambda a: jnp.sum(w_lin * a - w_quad * a**2, axis=(1, 2))
+    value = lambda a, k: jnp.sum(w_lin * a - w_quad * a**2, axis=(1, 2))
     score, x0_bar = monte_carlo_target(key, value, jnp.asarray(x_k, jnp.float32), jnp.float32(abar), n, elites, temp)
 
-    eps = np.asarray(jax.random.normal(key, (n, 3, 2)), np.float64)  # the noise mbd.propose draws
+    k_candidates, _ = jax.random.split(key)  # monte_carlo_target proposes with the first half of its key
+    eps = np.asarray(jax.random.normal(k_candidates, (n, 3, 2)), np.float64)
     cand = np.clip(x_k / np.sqrt(abar) + np.sqrt((1 - abar) / abar) * eps, -1, 1)
     j = np.sum(w_lin * cand - w_quad * cand**2, axis=(1, 2))
-    s = (j - j.mean()) / (j.std() + 1e-6)
+    s = (j - j.mean()) / j.std(ddof=1)
     idx = np.argsort(-s)[:elites]
     w = np.exp((s[idx] - s[idx].max()) / temp)
     w /= w.sum()
@@ -58,8 +60,8 @@ def test_monte_carlo_target_matches_float64_reference(seed):
 
 
 def _toy_model(lr=3e-3):
-    return ScoreModel(ScoreConfig(score_hidden=(64, 64), score_samples=64, score_lr=lr), TOY_PLANNER, latent_dim=4,
-                      action_size=1, horizon=2)
+    return ScoreModel(ScoreConfig(score_hidden=(64, 64), score_samples=64, score_lr=lr), TOY_PLANNER,
+                      horizon=TOY_HORIZON, latent_dim=4, action_size=1)
 
 
 def _train_toy(model, steps=400, batch=128):
@@ -109,6 +111,26 @@ def test_score_network_fits_the_monte_carlo_target(trained_toy):
     toward = (jnp.sqrt(model.abar(k))[:, None, None] * TARGET - x_k).reshape(256, -1)
     cosine = jnp.sum(score * toward, -1) / (jnp.linalg.norm(score, axis=-1) * jnp.linalg.norm(toward, axis=-1))
     assert float(jnp.median(cosine)) > 0.9
+
+
+def test_training_steps_are_the_planners_reverse_steps():
+    """s_phi is trained at the schedule indices the planner's reverse steps use, k in 1..K-1 (MBDPO
+    samples its score-training step in 1..K-1), all of which occur, with abar_k = mbd.schedule's k-th entry."""
+    model = _toy_model()
+    k, x_k = model.training_pairs(jax.random.PRNGKey(0), jnp.zeros((512, TOY_HORIZON, 1)))
+    assert set(np.asarray(k).tolist()) == set(mbd.reverse_steps(TOY_PLANNER).tolist())
+    assert x_k.shape == (512, TOY_HORIZON, 1)
+    np.testing.assert_array_equal(model.abar(jnp.arange(8)), mbd.schedule(TOY_PLANNER)[1])
+
+
+def test_invalid_score_settings_are_rejected():
+    """A bad score-network setting is a one-line error naming the value and the allowed range."""
+    with pytest.raises(ValueError, match=r"score_samples=0; allowed: score_samples >= 1"):
+        ScoreConfig(score_samples=0).validate()
+    with pytest.raises(ValueError, match=r"score_time_embed_dim=63; allowed: an even"):
+        ScoreConfig(score_time_embed_dim=63).validate()
+    with pytest.raises(ValueError, match=r"score_lr=0.0"):
+        ScoreConfig(score_lr=0.0).validate()
 
 
 def test_score_only_planning_with_the_trained_net_reaches_the_optimum(trained_toy):

@@ -82,8 +82,8 @@ class MBDPO:
         wm = self.model.cfg
         self.energy = ActionEnergy(cfg.energy, wm.latent_dim + (wm.task_dim if wm.multitask else 0), spec.action_size,
                                    wm.mlp_dim)
-        self.score = ScoreModel(cfg.score, cfg.planner, wm.latent_dim, spec.action_size, wm.mlp_dim,
-                                self.horizon) if cfg.use_score_network else None
+        self.score = ScoreModel(cfg.score, cfg.planner, self.horizon, wm.latent_dim, spec.action_size,
+                                wm.mlp_dim) if cfg.use_score_network else None
         self.replay_extras = {"plan_action": (spec.action_size,), "planned": ()} if cfg.distill_coef > 0 else {}
 
     def init(self, key: jax.Array) -> MBDPOState:
@@ -180,13 +180,13 @@ class MBDPO:
         task = None if batch.get("task") is None else batch["task"][:n]
         z = jax.lax.stop_gradient(self.model.encode(params, batch["obs"][0, :n], task))
         x0 = jnp.swapaxes(batch["action"][:, :n], 0, 1)
-        k_pairs, k_mc, k_value = jax.random.split(key, 3)
+        k_pairs, k_mc = jax.random.split(key)
         steps, x_k = self.score.training_pairs(k_pairs, x0)
 
         def value_fn(cond):
             z_i, task_i = cond
-            return latent.planning_objective(self.model, params, z_i, k_value, self.learner.discount_of(task_i),
-                                             task_i, self.step_bonus(state, task_i))
+            return latent.planning_objective(self.model, params, z_i, self.learner.discount_of(task_i), task_i,
+                                             self.step_bonus(state, task_i))
 
         x0_bar = self.score.targets(k_mc, value_fn, (z, task), x_k, steps)
         return self.score.update(state.score, z, x_k, steps, x0_bar)

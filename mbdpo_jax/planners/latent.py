@@ -14,17 +14,18 @@ import jax.numpy as jnp
 from mbdpo_jax.models import imagine
 from mbdpo_jax.models.world_model import WorldModel
 
-# planner(key, value_fn, prior_actions, warm_start, eval_mode) -> (action, next warm start, aux)
+# planner(key, value_fn, prior_fn, warm_start, eval_mode) -> (action, next warm start, aux)
 Planner = Callable[..., tuple[jax.Array, jax.Array, dict]]
 
 
-def planning_objective(model: WorldModel, params: dict, z: jax.Array, key: jax.Array, gamma: Any,
-                       task: Any = None, step_bonus: imagine.StepBonus | None = None
-                       ) -> Callable[[jax.Array], jax.Array]:
-    """J at latent z as a function of action sequences [N, H, A] -> [N], with the task's action mask
-    applied to the candidates (padded action dimensions never act)."""
+def planning_objective(model: WorldModel, params: dict, z: jax.Array, gamma: Any, task: Any = None,
+                       step_bonus: imagine.StepBonus | None = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """J at latent z as a function (action sequences [N, H, A], key) -> [N], with the task's action mask
+    applied to the candidates (padded action dimensions never act). The key draws the pair of Q
+    heads and pi(z_H)'s noise; planners pass a fresh one at every iteration."""
     mask = model.action_mask(task)
-    return lambda actions: imagine.trajectory_value(model, params, z, actions * mask, key, gamma, task, step_bonus)
+    return lambda actions, key: imagine.trajectory_value(model, params, z, actions * mask, key, gamma, task,
+                                                         step_bonus)
 
 
 def planner_prior_divergence(model: WorldModel, params: dict, z: jax.Array, actions: jax.Array,
@@ -51,11 +52,10 @@ def plan_from_observation(model: WorldModel, params: dict, obs: jax.Array, warm_
     'planned' (1: the agent chose this action) and 'prior_divergence' (`planner_prior_divergence`).
     """
     horizon = warm_start.shape[0]
-    k_prior, k_value, k_plan = jax.random.split(key, 3)
     z = model.encode(params, obs, task)
-    prior = imagine.rollout_prior(model, params, z, k_prior, num_pi_trajs, horizon, task)
-    value_fn = planning_objective(model, params, z, k_value, gamma, task, step_bonus)
-    action, plan, aux = planner(k_plan, value_fn, prior, warm_start, eval_mode)
+    prior_fn = lambda k: imagine.rollout_prior(model, params, z, k, num_pi_trajs, horizon, task)
+    value_fn = planning_objective(model, params, z, gamma, task, step_bonus)
+    action, plan, aux = planner(key, value_fn, prior_fn, warm_start, eval_mode)
     mask = model.action_mask(task)
     action, aux["plan_action"] = action * mask, aux["plan_action"] * mask
     aux["planned"] = jnp.ones((), action.dtype)

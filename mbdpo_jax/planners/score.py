@@ -1,14 +1,16 @@
 """Amortised score network s_phi(z, x_k, k) for MBDPO's reverse diffusion (optional, off by default).
 
-The Monte-Carlo planner (`planners.mbd`) estimates, at every reverse step, the score of the noised
-target distribution from N evaluated candidates:
+The Monte-Carlo planner (`planners.mbd`, MBDPO arXiv 2605.26282) estimates, at every reverse step
+k (a schedule index in 1..K-1), the score of the noised target distribution from N evaluated
+candidates:
 
     x0_i  = clip(x_k / sqrt(abar_k) + sqrt((1 - abar_k) / abar_k) eps_i, -1, 1)
-    x0bar = elite-softmax-weighted mean of the x0_i under J
+    x0bar = elite-softmax-weighted mean of the x0_i under standardised J
     score = (-x_k + sqrt(abar_k) x0bar) / (1 - abar_k)
 
-s_phi learns that estimate (with `mc_samples` candidates) so that planning can skip the candidate
-rollouts altogether (`mbd.plan_score_only`).
+s_phi learns that estimate (with `score_samples` candidates) so that planning can skip the candidate
+rollouts altogether (`mbd.plan_score_only`). It is trained and queried at the planner's steps only,
+k in 1..K-1, with the same schedule indexing as `mbd`.
 
 Parameterisation and loss. The raw score is of order 1 / (1 - abar_k), up to 1e4 at k = 1, so the
 network predicts the denoised mean instead, as a residual on the candidates' centre:
@@ -21,7 +23,7 @@ and is trained on
     L(phi) = mean over samples and the H * A entries of (x0bar_hat - x0bar_MC)^2
            = mean of (1 - abar_k)^2 / abar_k * (s_phi - score_MC)^2,
 
-i.e. the score MSE of REFERENCE.md up to the per-k weight (1 - abar_k)^2 / abar_k. With f_phi's head
+i.e. MBDPO's raw score MSE up to the per-k weight (1 - abar_k)^2 / abar_k. With f_phi's head
 initialised at zero, an untrained network has score 0 and score-only planning returns the warm start.
 """
 from __future__ import annotations
@@ -38,30 +40,29 @@ from flax import struct
 
 from mbdpo_jax.nn.layers import MLP
 from mbdpo_jax.planners import mbd
+from mbdpo_jax.planners.mppi import ValueFn, check_settings, finite_or_zero
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoreConfig:
-    """Settings of s_phi and its training."""
+    """Settings of s_phi and its training (names prefixed: they share a command line with the agent's)."""
 
     score_time_embed_dim: int = 64
-    """Size of the sinusoidal embedding of the diffusion step."""
-    score_samples: int = 64
-    """Candidates per Monte-Carlo score target."""
-    score_batch: int = 64
-    """Training pairs per update, taken from the front of the update batch."""
+    score_samples: int = 64  # candidates per Monte-Carlo score target
+    score_batch: int = 64  # training pairs per update, taken from the front of the update batch
     score_lr: float = 3e-4
-    score_hidden: tuple[int, ...] = ()
-    """Hidden widths of s_phi; empty means two layers of the world model's mlp_dim."""
+    score_hidden: tuple[int, ...] = ()  # empty: two layers as wide as the world model's MLPs
 
     def validate(self) -> None:
-        for name in ("score_time_embed_dim", "score_samples", "score_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"invalid score network setting {name}={getattr(self, name)!r} (need >= 1)")
-        if self.score_time_embed_dim % 2:
-            raise ValueError(f"score network time_embed_dim must be even, got {self.score_time_embed_dim}")
-        if self.score_lr <= 0:
-            raise ValueError(f"score network lr must be > 0, got {self.score_lr}")
+        """Raise a one-line ValueError naming the first bad setting and its allowed range."""
+        check_settings("score network", self, [
+            ("score_time_embed_dim", self.score_time_embed_dim >= 2 and self.score_time_embed_dim % 2 == 0,
+             "an even score_time_embed_dim >= 2"),
+            ("score_samples", self.score_samples >= 1, "score_samples >= 1"),
+            ("score_batch", self.score_batch >= 1, "score_batch >= 1"),
+            ("score_lr", self.score_lr > 0, "score_lr > 0"),
+            ("score_hidden", all(w >= 1 for w in self.score_hidden), "widths >= 1 (empty: the model's width)"),
+        ])
 
 
 @struct.dataclass
@@ -89,17 +90,18 @@ class ScoreNet(nn.Module):
         return MLP(self.hidden, self.out_features, zero_last=True)(jnp.concatenate([z, x_flat, t_emb], -1))
 
 
-def monte_carlo_target(key: jax.Array, value_fn: Callable[[jax.Array], jax.Array], x_k: jax.Array,
-                       abar_k: jax.Array, num_samples: int, num_elites: int,
-                       temperature: float) -> tuple[jax.Array, jax.Array]:
+def monte_carlo_target(key: jax.Array, value_fn: ValueFn, x_k: jax.Array, abar_k: jax.Array, num_samples: int,
+                       num_elites: int, temperature: float) -> tuple[jax.Array, jax.Array]:
     """(score target [H, A], x0bar [H, A]) for one latent (closed over by value_fn), noised x_k and step k.
 
-    Candidates as in `mbd.propose` (no prior sequences), weights from `mbd.elite_weights` over
-    stop-gradient values J, score = (-x_k + sqrt(abar_k) x0bar) / (1 - abar_k).
+    Candidates as in `mbd.propose` (no prior sequences, drawn with the first half of `key`), J from
+    value_fn(candidates, second half of `key`) with non-finite values as 0 and no gradient, weights
+    from `mbd.elite_weights`, score = (-x_k + sqrt(abar_k) x0bar) / (1 - abar_k).
     """
+    k_candidates, k_value = jax.random.split(key)
     no_prior = jnp.zeros((0,) + x_k.shape, x_k.dtype)
-    candidates = mbd.propose(key, x_k, abar_k, no_prior, num_samples)
-    values = jnp.nan_to_num(jax.lax.stop_gradient(value_fn(candidates)), nan=-1e9)
+    candidates = mbd.propose(k_candidates, x_k, abar_k, no_prior, num_samples)
+    values = finite_or_zero(jax.lax.stop_gradient(value_fn(candidates, k_value)))
     weights, idx = mbd.elite_weights(values, num_elites, temperature)
     x0_bar = jnp.tensordot(weights, candidates[idx], axes=1)
     return (-x_k + jnp.sqrt(abar_k) * x0_bar) / (1.0 - abar_k), x0_bar
@@ -112,11 +114,16 @@ def forward_noise(key: jax.Array, x0: jax.Array, abar_k: jax.Array) -> jax.Array
 
 
 class ScoreModel:
-    """s_phi with its schedule and optimiser; the instance holds only static configuration."""
+    """s_phi with its schedule and optimiser; the instance holds only static configuration.
 
-    def __init__(self, cfg: ScoreConfig, planner: mbd.MBDConfig, latent_dim: int, action_size: int,
-                 default_width: int = 256, horizon: int = 3):
+    Steps k are schedule indices of `mbd` (abar_k = `mbd.schedule(planner)[1][k]`), and s_phi is
+    trained and used at the planner's reverse steps k in 1..K-1.
+    """
+
+    def __init__(self, cfg: ScoreConfig, planner: mbd.MBDConfig, horizon: int, latent_dim: int,
+                 action_size: int, default_width: int = 256):
         cfg.validate()
+        planner.validate()
         self.cfg, self.planner = cfg, planner
         self.latent_dim, self.shape = latent_dim, (horizon, action_size)
         hidden = cfg.score_hidden or (default_width, default_width)
@@ -133,8 +140,8 @@ class ScoreModel:
         return ScoreState(params, self.tx.init(params))
 
     def abar(self, k: jax.Array) -> jax.Array:
-        """abar_k for integer steps k in 1..K."""
-        return mbd.schedule(self.planner)[1][k - 1]
+        """abar_k for integer schedule indices k (the planner's steps are 1..K-1)."""
+        return mbd.schedule(self.planner)[1][k]
 
     def denoised(self, params: dict, z: jax.Array, x_k: jax.Array, k: jax.Array) -> jax.Array:
         """x0bar_hat [..., H, A] for latents z [..., Z], x_k [..., H, A] and integer steps k [...]."""
@@ -149,15 +156,15 @@ class ScoreModel:
         return (-x_k + jnp.sqrt(abar) * self.denoised(params, z, x_k, k)) / (1.0 - abar)
 
     def training_pairs(self, key: jax.Array, x0: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(k uniform over 1..K [B], x_k by forward diffusion of the sequences x0 [B, H, A])."""
+        """(k uniform over the planner's steps 1..K-1 [B], x_k by forward diffusion of x0 [B, H, A])."""
         k_step, k_noise = jax.random.split(key)
-        k = jax.random.randint(k_step, x0.shape[:1], 1, self.planner.diffusion_steps + 1)
+        k = jax.random.randint(k_step, x0.shape[:1], 1, self.planner.diffusion_steps)
         return k, forward_noise(k_noise, x0, self.abar(k))
 
-    def targets(self, key: jax.Array, make_value_fn: Callable[[Any], Callable[[jax.Array], jax.Array]],
-                conds: Any, x_k: jax.Array, k: jax.Array) -> jax.Array:
+    def targets(self, key: jax.Array, make_value_fn: Callable[[Any], ValueFn], conds: Any, x_k: jax.Array,
+                k: jax.Array) -> jax.Array:
         """Monte-Carlo x0bar [B, H, A]; conds is a pytree with leading axis B (e.g. latents, task ids)
-        and make_value_fn(cond) the value J of action sequences [N, H, A] -> [N] for one sample."""
+        and make_value_fn(cond) the value J of one sample, (action sequences [N, H, A], key) -> [N]."""
         def one(cond, x, step, kk):
             _, x0_bar = monte_carlo_target(kk, make_value_fn(cond), x, self.abar(step), self.cfg.score_samples,
                                            self.num_elites, self.planner.temperature)
