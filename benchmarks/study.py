@@ -7,9 +7,9 @@ against TD-MPC2 (Hansen et al., 2024); same env steps, seeds and budget.
 Each (task, variant, seed) is one ordinary `python -m experiments.online ALGO` run in
 `<runs-dir>/<task>/<variant>/seed<k>`, launched one after the other (a finished run is not
 repeated; an interrupted one resumes from its checkpoint). All variants share the CPU settings of
-the README's first command (tiny model, 4 envs, batch 128, half an update per env step, 64
-candidates / 8 elites / 4 prior trajectories). The variants (flags written out even where they are
-today's defaults, so each run's command says what it ran):
+`--preset laptop`, written out in each command (tiny model, 4 envs, batch 128, half an update per
+env step, 64 candidates / 8 elites / 4 prior trajectories). The variants (flags written out even
+where they are today's defaults, so each run's command says what it ran):
 
 - `mbdpo`: reverse diffusion (`--diffusion-steps`) with eta * F in the objective, no distillation
   (`--use-energy --distill-coef 0`);
@@ -37,9 +37,12 @@ from pathlib import Path
 import numpy as np
 import tyro
 
+PRESET = "laptop"
+"""`experiments.online --preset` of every run, named so the runs do not depend on the device ('auto')."""
 SHARED_SETTINGS = {"model_size": "tiny", "num_envs": 4, "updates_per_step": 0.5, "batch_size": 128,
                    "num_samples": 64, "num_elites": 8, "num_pi_trajs": 4, "seed_steps": 2000, "eval_episodes": 4}
-"""Settings of every run, by flag name (underscored)."""
+"""Settings of every run, by flag name (underscored). They are the laptop preset's today and are written
+out so that a later change of that preset does not change the study."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +113,7 @@ def run_settings(cfg: StudyConfig, task: str, steps: int, variant: str, seed: in
 def command(cfg: StudyConfig, task: str, steps: int, variant: str, seed: int) -> list[str]:
     """`python -m experiments.online ALGO --flags` of one run."""
     algo, settings = run_settings(cfg, task, steps, variant, seed)
-    return [sys.executable, "-m", "experiments.online", algo, *flags(settings)]
+    return [sys.executable, "-m", "experiments.online", algo, "--preset", PRESET, *flags(settings)]
 
 
 def config_mismatch(path: Path, algo: str, settings: dict) -> str | None:
@@ -205,7 +208,7 @@ def plot(curves: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = tyro.cli(StudyConfig, args=argv, description=__doc__)
+    cfg = tyro.cli(StudyConfig, args=argv, prog="python -m benchmarks.study", description=__doc__)
     unknown = set(cfg.variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"unknown variant(s) {sorted(unknown)}; allowed: {', '.join(VARIANTS)}")
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     table = summarise(cfg, curves)
     out.with_suffix(".json").write_text(json.dumps(
         {"benchmark": "study", "device": _device(), "config": dataclasses.asdict(cfg),
-         "shared_options": SHARED_OPTIONS, "commands": commands, "curves": curves}, indent=1) + "\n")
+         "preset": PRESET, "shared_options": SHARED_OPTIONS, "commands": commands, "curves": curves}, indent=1) + "\n")
     out.with_suffix(".md").write_text(table + "\n")
     plot(curves, out.with_suffix(".png"))
     print(table)

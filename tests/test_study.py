@@ -57,10 +57,11 @@ def test_run_commands_name_the_algorithm_first_and_spell_out_the_variant():
     assert "--no-use-energy" in cmds["mbdpo-no-F"] and "--use-energy" in cmds["mbdpo"]
     tail = lambda cmd: cmd[cmd.index("--distill-coef") + 1]
     assert (tail(cmds["mbdpo"]), tail(cmds["mbdpo-no-F"]), tail(cmds["mbdpo-distill"])) == ("0.0", "0.0", "0.1")
-    agent, loop = parse_config("mbdpo", "loop", LoopOptions(), cmds["mbdpo-distill"][4:], "p", "d")
+    assert cmds["tdmpc2"][4:6] == ["--preset", "laptop"]  # not 'auto': the same runs on any device
+    agent, loop = parse_config("mbdpo", "loop", LoopOptions(), cmds["mbdpo-distill"][6:], "p", "d")
     assert (agent.distill_coef, agent.use_energy, agent.planner.diffusion_steps) == (0.1, True, 8)
     assert (agent.learner.model_size, loop.num_envs, loop.steps, loop.progress) == ("tiny", 4, 100, False)
-    agent, _ = parse_config("tdmpc2", "loop", LoopOptions(), cmds["tdmpc2"][4:], "p", "d")
+    agent, _ = parse_config("tdmpc2", "loop", LoopOptions(), cmds["tdmpc2"][6:], "p", "d")
     assert agent.planner.iterations == 4
 
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbdpo_jax.planners.mppi import (PriorFn, ValueFn, check_settings, finite_or_zero, first_action,
+from mbdpo_jax.planners.mppi import (PriorFn, ValueFn, candidate_rules, check_settings, finite_or_zero, first_action,
                                      prior_sequences)
 
 
@@ -52,12 +52,7 @@ class MBDConfig:
             ("diffusion_steps", self.diffusion_steps >= 2, "diffusion_steps >= 2 (K - 1 reverse steps)"),
             ("beta_start", 0 < self.beta_start <= self.beta_end, f"0 < beta_start <= beta_end (= {self.beta_end})"),
             ("beta_end", self.beta_end < 1, "beta_end < 1"),
-            ("num_samples", self.num_samples >= 1, "num_samples >= 1"),
-            ("num_elites", 1 <= self.num_elites <= self.num_samples,
-             f"1 <= num_elites <= num_samples (= {self.num_samples})"),
-            ("num_pi_trajs", 0 <= self.num_pi_trajs < self.num_samples,
-             f"0 <= num_pi_trajs < num_samples (= {self.num_samples})"),
-            ("temperature", self.temperature > 0, "temperature > 0"),
+            *candidate_rules(self),
             ("exploration_std", self.exploration_std >= 0, "exploration_std >= 0"),
         ])
 

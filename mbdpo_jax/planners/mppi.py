@@ -38,12 +38,7 @@ class MPPIConfig:
         """Raise a one-line ValueError naming the first bad setting and its allowed range."""
         check_settings("MPPI planner", self, [
             ("iterations", self.iterations >= 1, "iterations >= 1"),
-            ("num_samples", self.num_samples >= 1, "num_samples >= 1"),
-            ("num_elites", 1 <= self.num_elites <= self.num_samples,
-             f"1 <= num_elites <= num_samples (= {self.num_samples})"),
-            ("num_pi_trajs", 0 <= self.num_pi_trajs < self.num_samples,
-             f"0 <= num_pi_trajs < num_samples (= {self.num_samples})"),
-            ("temperature", self.temperature > 0, "temperature > 0"),
+            *candidate_rules(self),
             ("min_std", 0 < self.min_std <= self.max_std, f"0 < min_std <= max_std (= {self.max_std})"),
         ])
 
@@ -148,6 +143,17 @@ def first_action(key: jax.Array, sequence: jax.Array, noise_std: jax.Array | flo
     if not eval_mode:
         action = action + noise_std * jax.random.normal(key, plan_action.shape, plan_action.dtype)
     return jnp.clip(action, -1.0, 1.0), plan_action
+
+
+def candidate_rules(cfg) -> list[tuple[str, bool, str]]:
+    """The candidate-count and temperature rules both sampling planners share (for `check_settings`)."""
+    return [
+        ("num_samples", cfg.num_samples >= 1, "num_samples >= 1"),
+        ("num_elites", 1 <= cfg.num_elites <= cfg.num_samples, f"1 <= num_elites <= num_samples (= {cfg.num_samples})"),
+        ("num_pi_trajs", 0 <= cfg.num_pi_trajs < cfg.num_samples,
+         f"0 <= num_pi_trajs < num_samples (= {cfg.num_samples})"),
+        ("temperature", cfg.temperature > 0, "temperature > 0"),
+    ]
 
 
 def check_settings(owner: str, cfg: Any, rules: Sequence[tuple[str, bool, str]]) -> None:
