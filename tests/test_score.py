@@ -190,15 +190,16 @@ def test_mbdpo_update_trains_the_score_network_under_jit():
 
 
 def test_score_only_agent_acts_without_the_monte_carlo_planner():
-    """A score-only agent acts under jit with the usual output shapes, its untrained net keeps the warm
-    start (score 0), and its prior divergence is NaN (no sample-based planner distribution)."""
+    """A score-only agent acts under jit with the usual output shapes, its untrained net (score 0) keeps
+    the warm start up to the factor sqrt(alpha_1) that the reference's K-1 steps (k = K-1..1, started at
+    sqrt(abar_{K-1})) leave, and its prior divergence is NaN (no sample-based planner distribution)."""
     agent = _agent(use_score_network=True, score_only=True)
     state = agent.init(jax.random.PRNGKey(0))
     warm = jnp.full((3, 2), 0.3)
     action, plan, aux = jax.jit(lambda o, p, k: agent.act(state, o, p, k, True))(jnp.ones(6), warm,
                                                                                 jax.random.PRNGKey(1))
     assert action.shape == (2,) and plan.shape == (3, 2)
-    np.testing.assert_allclose(plan, warm, atol=1e-5)
+    np.testing.assert_allclose(plan, np.sqrt(1 - agent.cfg.planner.beta_start) * warm, rtol=1e-6)
     assert bool(jnp.isnan(aux["prior_divergence"]))
 
 

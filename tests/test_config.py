@@ -1,0 +1,50 @@
+"""Experiment configs: each algorithm's own settings, reachable by flat names, written whole to
+config.json and read back; run directories of the old flat layout are refused with the reason."""
+import json
+
+import pytest
+
+from mbdpo_jax.agents import ALGORITHMS, config_class
+from mbdpo_jax.train.config import LoopOptions, OnlineConfig, flat_fields, from_dict, replace_flat, to_dict
+from mbdpo_jax.train.run_dir import RunDirError, prepare_run_dir
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_every_setting_has_a_unique_flat_name_and_round_trips_through_config_json(algo):
+    """Flat names are unique across an algorithm's nested configs and the loop (so they can be flags),
+    include the settings once hidden (rho, tau, discount, loss coefficients, encoder lr scale), and
+    to_dict / from_dict give back the same config."""
+    cfg = OnlineConfig(agent=config_class(algo)(), loop=LoopOptions())
+    names = flat_fields(cfg)
+    for hidden in ("rho", "tau", "discount", "consistency_coef", "reward_coef", "value_coef", "entropy_coef",
+                   "enc_lr_scale", "grad_clip_norm", "episodic", "seed_burst"):
+        assert hidden in names, hidden
+    changed = replace_flat(cfg, rho=0.7, tau=0.02, discount=0.9, num_samples=33, env="toy/pendulum")
+    assert changed.agent.learner.losses.rho == 0.7 and changed.loop.env == "toy/pendulum"
+    assert from_dict(OnlineConfig, json.loads(json.dumps(to_dict(changed)))) == changed
+
+
+def test_mppi_and_energy_settings_are_reachable():
+    """MPPI's min/max std (TD-MPC2) and the energy and score-network settings (MBDPO) are settings."""
+    assert {"min_std", "max_std"} <= set(flat_fields(config_class("tdmpc2")()))
+    assert {"energy_momentum", "energy_clip", "negative_noise", "score_lr", "score_batch", "eta",
+            "use_energy"} <= set(flat_fields(config_class("mbdpo")()))
+
+
+def test_unknown_flat_setting_names_the_allowed_ones():
+    """replace_flat refuses a name the config does not have, listing the allowed ones."""
+    with pytest.raises(ValueError, match="unknown setting.*diffusion_steps.*allowed:.*iterations"):
+        replace_flat(OnlineConfig(agent=config_class("tdmpc2")()), diffusion_steps=3)
+
+
+def test_run_directory_of_the_old_flat_config_is_refused_with_the_reason(tmp_path):
+    """A run directory whose config.json predates the per-algorithm configs is refused, saying why,
+    and nothing in it is touched."""
+    old = {"algo": "mbdpo", "env": "toy/pendulum", "model_size": "tiny", "steps": 96}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    cfg = OnlineConfig(agent=config_class("mbdpo")())
+    with pytest.raises(RunDirError, match="config format 1.*older mbdpo_jax.*pick another --run-dir"):
+        prepare_run_dir(tmp_path, to_dict(cfg))
+    assert json.loads((tmp_path / "config.json").read_text()) == old
+    with pytest.raises(ValueError, match="older mbdpo_jax"):
+        from_dict(OnlineConfig, old)
