@@ -46,7 +46,7 @@ import numpy as np
 from flax import struct
 
 from mbdpo_jax.envs.base import EnvSpec
-from mbdpo_jax.train.run_dir import fsync_dir
+from mbdpo_jax.data.files import commit_directory, fsync_dir
 
 FORMAT_NAME = "mbdpo_jax.dataset"
 FORMAT_VERSION = 1
@@ -187,18 +187,13 @@ def _write_atomically(target: Path, meta: dict[str, Any], arrays: dict[str, np.n
 
 
 def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
-    """Rename `tmp` to `target`; an old dataset is first moved aside, then deleted."""
-    old = None
-    if overwrite and target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
-        os.rename(target, old)
+    """Rename `tmp` to `target`; an old dataset (only with overwrite) is moved aside, then deleted."""
+    if target.exists() and not overwrite:
+        raise DatasetExistsError(f"dataset {target} already exists; pass overwrite=True to replace it")
     try:
-        os.rename(tmp, target)
+        commit_directory(tmp, target, target.with_name(f".{target.name}.old-{uuid.uuid4().hex}"))
     except OSError as e:
         raise DatasetExistsError(f"dataset {target}: cannot create it ({e.strerror})") from e
-    fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---- reading ---------------------------------------------------------------------------------------

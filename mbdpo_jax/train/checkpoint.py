@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mbdpo_jax.train.run_dir import fsync_dir
+from mbdpo_jax.data.files import commit_directory, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -353,16 +353,9 @@ def _fsync_tree(path: Path) -> None:
 
 
 def _commit(root: Path, tmp: Path, step: int) -> None:
-    """Renames the finished `tmp` folder to `root/<step>`, replacing an old one."""
-    final = root / str(step)
-    replaced = None
-    if final.exists():
-        replaced = root / f"{step}{_PARTIAL}replaced-{uuid.uuid4().hex}"
-        os.rename(final, replaced)
-    os.rename(tmp, final)
-    fsync_dir(root)
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
+    """Renames the finished `tmp` folder to `root/<step>`, replacing an old one (moved to a partial name
+    first, so `_remove_partials` cleans it up if we die before deleting it)."""
+    commit_directory(tmp, root / str(step), root / f"{step}{_PARTIAL}replaced-{uuid.uuid4().hex}")
 
 
 def _discard(root: Path, step: int) -> None:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from mbdpo_jax.data.files import atomic_write, fsync_dir  # noqa: F401 (re-exported)
 
 CONFIG_NAME = "config.json"
 CHECKPOINTS_NAME = "checkpoints"
@@ -29,34 +30,6 @@ _MAX_VALUE_CHARS = 60
 
 class RunDirError(ValueError):
     """The run directory cannot be used for this run (e.g. it holds another config)."""
-
-
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """Flushes a directory's entries (new names, renames) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
-    """Writes `data` to `path` so readers see the old file or the new one, never a mix.
-
-    The bytes go to a temporary file in the same folder, are fsynced, and the file is
-    renamed over `path` with `os.replace`; the folder is fsynced afterwards.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
 
 
 def checkpoints_dir(run_dir: str | os.PathLike[str]) -> Path:
