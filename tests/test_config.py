@@ -48,3 +48,17 @@ def test_run_directory_of_the_old_flat_config_is_refused_with_the_reason(tmp_pat
     assert json.loads((tmp_path / "config.json").read_text()) == old
     with pytest.raises(ValueError, match="older mbdpo_jax"):
         from_dict(OnlineConfig, old)
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_registered_agents_follow_the_off_policy_protocol(algo):
+    """Every registered agent built from its default config provides what the off-policy loop needs
+    (agents.protocols.OffPolicyAgent), and inherits from no other agent (composition)."""
+    from mbdpo_jax.agents import make_agent
+    from mbdpo_jax.agents.protocols import OffPolicyAgent
+    from mbdpo_jax.envs.base import EnvSpec
+
+    cfg = replace_flat(OnlineConfig(agent=config_class(algo)()), model_size="tiny").agent
+    agent = make_agent(cfg, EnvSpec("t", obs_size=3, action_size=1, episode_length=50))
+    assert isinstance(agent, OffPolicyAgent)
+    assert type(agent).__mro__[1:] == (object,)

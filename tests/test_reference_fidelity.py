@@ -50,3 +50,11 @@ def test_task_embeddings_start_small_and_sit_between_latent_and_action():
     big = {**params, "task_emb": params["task_emb"] * 1000}
     e = np.asarray(model.with_task(big, jnp.zeros(0), jnp.int32(0)))
     np.testing.assert_allclose(np.linalg.norm(e), 1.0, rtol=1e-5)
+
+
+def test_task_embedding_size_follows_the_reference_presets():
+    """Multi-task models use TD-MPC2's task_dim per preset (96 for 1M and 317M, 64 for 5M, 19M and
+    48M), so the reference's multi-task checkpoints have the shapes of ours."""
+    dims = {size: WorldModelConfig.from_preset(size, 4, 2, num_tasks=2).task_dim for size in ("1M", "5M", "19M",
+                                                                                              "48M", "317M")}
+    assert dims == {"1M": 96, "5M": 64, "19M": 64, "48M": 64, "317M": 96}

@@ -36,6 +36,11 @@ PRESETS: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 
+# Task-embedding size of multi-task models per preset, as TD-MPC2's parser sets it (96 for the 1M and
+# 317M models, 64 otherwise), so its multi-task checkpoints load; "tiny" is ours.
+TASK_DIMS: dict[str, int] = {"tiny": 96, "1M": 96, "5M": 64, "19M": 64, "48M": 64, "317M": 96}
+
+
 @dataclasses.dataclass(frozen=True)
 class WorldModelConfig:
     """Static sizes of the world model. Build from a preset with `WorldModelConfig.from_preset`."""
@@ -63,8 +68,9 @@ class WorldModelConfig:
         if size not in PRESETS:
             raise ValueError(f"unknown model size {size!r}; allowed: {', '.join(PRESETS)}")
         enc, mlp, latent, layers, num_q = PRESETS[size]
-        return cls(obs_size=obs_size, action_size=action_size, enc_dim=enc, mlp_dim=mlp,
-                   latent_dim=latent, num_enc_layers=layers, num_q=num_q, **overrides)
+        sizes = dict(enc_dim=enc, mlp_dim=mlp, latent_dim=latent, num_enc_layers=layers, num_q=num_q,
+                     task_dim=TASK_DIMS[size])
+        return cls(obs_size=obs_size, action_size=action_size, **{**sizes, **overrides})
 
     @property
     def multitask(self) -> bool:
