@@ -25,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     agent, loop = parse_config(algo, "loop", loop_default, args, PROG, __doc__, agent_default)
     from mbdpo_jax.train.runner import run_online
 
-    print(presets.describe(preset, algo), flush=True)
-    return run_or_explain(lambda: run_online(OnlineConfig(agent=agent, loop=loop)))
+    cfg = OnlineConfig(agent=agent, loop=loop)
+    print(presets.describe(preset, cfg), flush=True)
+    return run_or_explain(lambda: run_online(cfg))
 
 
 if __name__ == "__main__":

@@ -62,3 +62,27 @@ def test_registered_agents_follow_the_off_policy_protocol(algo):
     agent = make_agent(cfg, EnvSpec("t", obs_size=3, action_size=1, episode_length=50))
     assert isinstance(agent, OffPolicyAgent)
     assert type(agent).__mro__[1:] == (object,)
+
+
+def test_presets_set_defaults_that_flags_override_and_auto_picks_laptop_on_a_cpu():
+    """--preset laptop shrinks the model and planner, paper keeps the published defaults, auto is
+    laptop on a CPU; a flag given on the command line wins over the preset; the first printed line
+    names the preset and how to get the other one."""
+    import jax
+
+    from experiments.common import parse_config
+    from mbdpo_jax.train import presets
+
+    laptop, loop = presets.preset_defaults("laptop", "mbdpo")
+    assert laptop.learner.model_size == "tiny" and laptop.planner.diffusion_steps == 8 and loop.num_envs == 4
+    paper, paper_loop = presets.preset_defaults("paper", "mbdpo")
+    assert paper == config_class("mbdpo")() and paper_loop == LoopOptions()
+    if jax.default_backend() == "cpu":
+        assert presets.resolve("auto") == "laptop"
+    agent, loop = parse_config("mbdpo", "loop", loop, ["--num-envs", "2", "--diffusion-steps", "5"], "prog", "doc",
+                               laptop)
+    assert (loop.num_envs, agent.planner.diffusion_steps, agent.learner.model_size) == (2, 5, "tiny")
+    line = presets.describe("laptop", OnlineConfig(agent=agent, loop=loop))
+    assert line.startswith("mbdpo: preset laptop") and "num_envs=2" in line and "--preset paper" in line
+    with pytest.raises(ValueError, match="unknown preset 'gpu'; allowed: auto, laptop, paper"):
+        presets.resolve("gpu")

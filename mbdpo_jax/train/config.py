@@ -232,6 +232,14 @@ def replace_flat(cfg: Any, **changes: Any) -> Any:
     return cfg
 
 
+def get_flat(cfg: Any, name: str) -> Any:
+    """The value of the setting with flag name `name` in a nested config."""
+    value = cfg
+    for part in flat_fields(cfg)[name]:
+        value = getattr(value, part)
+    return value
+
+
 def _replace_path(cfg: Any, path: tuple[str, ...], value: Any) -> Any:
     if len(path) == 1:
         return dataclasses.replace(cfg, **{path[0]: value})

@@ -12,7 +12,7 @@ from typing import Any
 import jax
 
 from mbdpo_jax import agents
-from mbdpo_jax.train.config import LoopOptions, OnlineConfig, replace_flat
+from mbdpo_jax.train.config import LoopOptions, OnlineConfig, get_flat, replace_flat
 
 PRESETS = ("auto", "laptop", "paper")
 
@@ -41,11 +41,13 @@ def preset_defaults(preset: str, algo: str) -> tuple[Any, LoopOptions]:
     return cfg.agent, cfg.loop
 
 
-def describe(preset: str, algo: str) -> str:
-    """The first line a run prints: which settings were chosen, and how to get the others."""
-    name = resolve(preset)
+def describe(preset: str, cfg: OnlineConfig) -> str:
+    """The first line a run prints: which preset was chosen, the settings it shrinks (as this run has
+    them, flags included), and how to get the others."""
+    name, algo = resolve(preset), cfg.algo
     chosen = f"preset {name}" + (f" (auto: {jax.default_backend()})" if preset == "auto" else "")
+    keys = {**LAPTOP_COMMON, **LAPTOP_PLANNER.get(algo, {})}
+    values = ", ".join(f"{k}={get_flat(cfg, k)}" for k in keys)
     if name == "laptop":
-        shrunk = ", ".join(f"{k}={v}" for k, v in {**LAPTOP_COMMON, **LAPTOP_PLANNER.get(algo, {})}.items())
-        return f"{algo}: {chosen}, small settings for a CPU ({shrunk}); --preset paper for the published ones"
-    return f"{algo}: {chosen}, the published settings; --preset laptop for a small CPU setting"
+        return f"{algo}: {chosen}, small settings for a CPU ({values}); --preset paper for the published ones"
+    return f"{algo}: {chosen}, the published settings ({values}); --preset laptop for a small CPU setting"
