@@ -2,10 +2,11 @@
 
     python -m benchmarks.progress_overhead --env dmc/cartpole-swingup --out results.json
 
-Builds the laptop-preset MBDPO off-policy loop twice, with progress reports off and at the rate the
-host loop uses (`runner.PROGRESS_REPORTS_PER_CHUNK` per chunk), compiles both, then times their
-chunks alternately (the same carry, `repeats` times each) and reports the median seconds and the
-relative overhead. One JSON object with device, config, compile time apart from steady state.
+Builds the laptop-preset MBDPO off-policy loop twice, with progress reports off and at the rate a
+laptop-preset run uses (every `iterations per eval chunk // runner.PROGRESS_REPORTS_PER_CHUNK`
+iterations; the timed chunk may be shorter than an eval chunk, the report rate per iteration is the
+same), compiles both, then times their chunks alternately (the same carry, `repeats` times each) and
+reports the median seconds and the relative overhead. One JSON object with device, config, compile time apart from steady state.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import tyro
 from benchmarks.throughput import device_info, emit_report
 from mbdpo_jax.train import presets, progress
 from mbdpo_jax.train.config import OnlineConfig, replace_flat
-from mbdpo_jax.train.runner import build_trainer
+from mbdpo_jax.train.runner import PROGRESS_REPORTS_PER_CHUNK, build_trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +38,7 @@ def measure(o: Options) -> dict:
     agent, loop = presets.preset_defaults("laptop", o.algo)
     cfg = replace_flat(OnlineConfig(agent=agent, loop=loop), env=o.env, eval_every=o.chunk_steps, seed_steps=0)
     results, chunks = {}, {}
-    base = build_trainer(cfg)
-    every = max(1, base.cfg.iterations_per_chunk // 50)
+    every = max(1, (loop.eval_every // loop.num_envs) // PROGRESS_REPORTS_PER_CHUNK)
     for name, progress_every in (("off", 0), ("on", every)):
         trainer = build_trainer(cfg)
         trainer.cfg = dataclasses.replace(trainer.cfg, progress_every=progress_every)
