@@ -1,5 +1,4 @@
 """Offline datasets: on-disk format and its checks, replay export, multi-task mixing, sampling, collection."""
-import dataclasses
 import json
 import shutil
 

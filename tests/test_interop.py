@@ -1,7 +1,6 @@
 """A TD-MPC2 reference checkpoint (PyTorch state-dict layout) loads into our world model, and our
 encode, next, reward, Q and prior outputs then agree with an independent float64 implementation of
 the reference's forward pass to 1e-5 in float32."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """The online loop: one compiled chunk, vmappable seeds, resume equality, clear failures."""
 import csv
-import dataclasses
 import subprocess
 import sys
 

@@ -8,7 +8,7 @@ from mbdpo_jax.agents.tdmpc2 import TDMPC2, TDMPC2Config
 from mbdpo_jax.models.learner import LearnerConfig
 from mbdpo_jax.models.losses import discount_from_episode_length
 from mbdpo_jax.envs.base import EnvSpec
-from mbdpo_jax.models.world_model import PRESETS, WorldModel, WorldModelConfig, count_params
+from mbdpo_jax.models.world_model import WorldModel, WorldModelConfig, count_params
 from mbdpo_jax.nn.layers import simnorm
 from mbdpo_jax.nn.twohot import TwoHot, symexp, symlog
 from mbdpo_jax.planners.mppi import MPPIConfig
