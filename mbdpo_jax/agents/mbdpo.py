@@ -124,9 +124,7 @@ class MBDPO:
         z = self.model.encode(state.learner.params, obs, task)
         score_fn = lambda x, k: self.score.score(state.score.params, z, x, k)
         action, plan, aux = mbd.plan_score_only(key, score_fn, warm_start, self.cfg.planner, eval_mode)
-        mask = self.model.action_mask(task)
-        action, aux["plan_action"] = action * mask, aux["plan_action"] * mask
-        aux["planned"] = jnp.ones((), action.dtype)
+        action, aux = latent.masked_to_task(self.model, action, aux, task)
         aux["prior_divergence"] = jnp.full((), jnp.nan, action.dtype)
         return action, plan, aux
 

@@ -56,8 +56,14 @@ def plan_from_observation(model: WorldModel, params: dict, obs: jax.Array, warm_
     prior_fn = lambda k: imagine.rollout_prior(model, params, z, k, num_pi_trajs, horizon, task)
     value_fn = planning_objective(model, params, z, gamma, task, step_bonus)
     action, plan, aux = planner(key, value_fn, prior_fn, warm_start, eval_mode)
-    mask = model.action_mask(task)
-    action, aux["plan_action"] = action * mask, aux["plan_action"] * mask
-    aux["planned"] = jnp.ones((), action.dtype)
+    action, aux = masked_to_task(model, action, aux, task)
     aux["prior_divergence"] = planner_prior_divergence(model, params, z, aux["elites"][:, 0], aux["weights"], task)
     return action, plan, aux
+
+
+def masked_to_task(model: WorldModel, action: jax.Array, aux: dict, task: Any = None) -> tuple[jax.Array, dict]:
+    """A planner's action and aux 'plan_action' masked to the task's real action dimensions, with
+    aux 'planned' = 1 (the agent chose this action, not the seed phase)."""
+    mask = model.action_mask(task)
+    aux = {**aux, "plan_action": aux["plan_action"] * mask, "planned": jnp.ones((), action.dtype)}
+    return action * mask, aux

@@ -38,6 +38,8 @@ class Program:
     chunk: carry -> (carry, metrics), jitted by the caller (one compiled program per chunk).
     evaluate: (carry, count) -> {name: float} evaluation results of the current carry.
     count: the progress counter of a carry (env steps or updates).
+    metric_names: () -> the names of the chunk's metrics (called only when a run starts, to name the
+    CSV columns; tracing the chunk for them is not needed on resume).
     """
 
     init: Callable[[], Any]
@@ -45,7 +47,7 @@ class Program:
     evaluate: Callable[[Any, int], dict[str, float]]
     count: Callable[[Any], int]
     total: int
-    metric_names: Iterable[str]
+    metric_names: Callable[[], Iterable[str]]
     step_key: str = "env_steps"
     unit: str = "env step"
     label: str = ""
@@ -73,7 +75,7 @@ def run_program(program: Program, run_dir: Path, progress: bool = True) -> Any:
     if restored is None:
         # The first row fixes the CSV columns, so it names every metric (empty until measured).
         logger.write({program.step_key: 0, "wall_time": 0.0, **program.evaluate(carry, 0),
-                      f"{program.step_key}_per_s": None, **{k: None for k in program.metric_names}})
+                      f"{program.step_key}_per_s": None, **{k: None for k in program.metric_names()}})
         checkpoint.save(ckpt_dir, 0, carry)
         wall_offset = 0.0
     else:

@@ -118,7 +118,7 @@ def pretrain_program(cfg: PretrainConfig, agent: Any, tasks: TaskSet, data: data
         return {"eval_return": float(np.mean(list(row.values()))), **row}
 
     chunk_fn = jax.jit(chunk)
-    metric_names = jax.eval_shape(chunk, jax.eval_shape(init), data)[1]
+    metric_names = lambda: jax.eval_shape(chunk, jax.eval_shape(init), data)[1]
     # data is an argument of the compiled chunk, not a constant baked into the program.
     return host.Program(init=init, chunk=lambda carry: chunk_fn(carry, data), evaluate=evaluate,
                         count=lambda carry: int(carry["updates"]), total=opts.steps, metric_names=metric_names,

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from mbdpo_jax.envs import step_batch
+from mbdpo_jax.envs import reset_batch, step_batch
 from mbdpo_jax.envs.base import Env, EnvState
 
 # policy(obs [n, O], act_carry [n, ...], key) -> (actions [n, A], act carry out [n, ...], aux)
@@ -68,8 +68,6 @@ def evaluate_episodes(env: Env, agent: Any, agent_state: Any, key: jax.Array, nu
     'eval_prior_divergence' (mean over the episodes' steps of the agent's aux 'prior_divergence',
     0 when it reports none).
     """
-    from mbdpo_jax.envs import reset_batch
-
     n = num_episodes
     k_reset, k_run = jax.random.split(key)
     policy, next_carry = agent_policy(agent, agent_state, True), agent_next_carry(agent)

@@ -53,7 +53,7 @@ def online_program(trainer: OffPolicyTrainer, loop: LoopOptions, initial_agent: 
     def evaluation(carry, env_steps):
         return host.floats(evaluate(carry.agent, jax.random.fold_in(eval_key, env_steps)))
 
-    metric_names = jax.eval_shape(trainer.train_chunk, jax.eval_shape(trainer.init, key))[1]
+    metric_names = lambda: jax.eval_shape(trainer.train_chunk, jax.eval_shape(trainer.init, key))[1]
     return host.Program(init=init, chunk=jax.jit(trainer.train_chunk, donate_argnums=0), evaluate=evaluation,
                         count=lambda carry: int(carry.env_steps), total=loop.steps, metric_names=metric_names,
                         label=loop.env)
