@@ -15,6 +15,7 @@ from mbdpo_jax.envs.base import EnvSpec
 _REGISTRY: dict[str, tuple[str, str, str]] = {
     "mbdpo": ("mbdpo_jax.agents.mbdpo", "MBDPOConfig", "MBDPO"),
     "tdmpc2": ("mbdpo_jax.agents.tdmpc2", "TDMPC2Config", "TDMPC2"),
+    "pwm": ("mbdpo_jax.agents.pwm", "PWMConfig", "PWM"),
 }
 ALGORITHMS = tuple(_REGISTRY)
 

@@ -18,10 +18,19 @@ PRESETS = ("auto", "laptop", "paper")
 
 # Shrunk for 2 CPU cores (measured on dmc/cartpole-swingup; see the README): the 'tiny' world model,
 # 4 envs, one update per 2 env steps, fewer planner candidates.
-LAPTOP_COMMON = dict(model_size="tiny", batch_size=128, num_samples=64, num_elites=8, num_pi_trajs=4,
-                     num_envs=4, updates_per_step=0.5, steps=24_000, seed_steps=2_000, eval_every=4_000,
-                     eval_episodes=4)
-LAPTOP_PLANNER = {"mbdpo": dict(diffusion_steps=8), "tdmpc2": dict(iterations=4)}
+LAPTOP_LOOP = dict(num_envs=4, updates_per_step=0.5, steps=24_000, seed_steps=2_000, eval_every=4_000,
+                   eval_episodes=4)
+_PLANNING = dict(model_size="tiny", batch_size=128, num_samples=64, num_elites=8, num_pi_trajs=4)
+LAPTOP_AGENT = {
+    "mbdpo": dict(_PLANNING, diffusion_steps=8),
+    "tdmpc2": dict(_PLANNING, iterations=4),
+    "pwm": dict(model_size="tiny", batch_size=64),
+}
+
+
+def laptop_settings(algo: str) -> dict:
+    """The settings the laptop preset changes for `algo` (loop and agent), by flag name."""
+    return {**LAPTOP_LOOP, **LAPTOP_AGENT.get(algo, {})}
 
 
 def resolve(preset: str) -> str:
@@ -37,7 +46,7 @@ def preset_defaults(preset: str, algo: str) -> tuple[Any, LoopOptions]:
     """(agent config, loop options) of a preset for `algo`."""
     cfg = OnlineConfig(agent=agents.config_class(algo)(), loop=LoopOptions())
     if resolve(preset) == "laptop":
-        cfg = replace_flat(cfg, **LAPTOP_COMMON, **LAPTOP_PLANNER.get(algo, {}))
+        cfg = replace_flat(cfg, **laptop_settings(algo))
     return cfg.agent, cfg.loop
 
 
@@ -46,7 +55,7 @@ def describe(preset: str, cfg: OnlineConfig) -> str:
     them, flags included), and how to get the others."""
     name, algo = resolve(preset), cfg.algo
     chosen = f"preset {name}" + (f" (auto: {jax.default_backend()})" if preset == "auto" else "")
-    keys = {**LAPTOP_COMMON, **LAPTOP_PLANNER.get(algo, {})}
+    keys = laptop_settings(algo)
     values = ", ".join(f"{k}={get_flat(cfg, k)}" for k in keys)
     if name == "laptop":
         return f"{algo}: {chosen}, small settings for a CPU ({values}); --preset paper for the published ones"

@@ -1,0 +1,182 @@
+"""The short-horizon actor-critic recipe that first-order learners share: SHAC (Xu et al., 2022) through
+differentiable physics, PWM (Georgiev et al., 2024) through a world model.
+
+    actor, critics = GaussianActor(...), ValueEnsemble(...)
+    targets = td_lambda_targets(rewards, next_values, ends, gamma, lam)     # SHAC Eq. 7
+    critic_params, opt, loss = fit_critics(critics, tx, critic_params, opt, inputs, targets, ...)
+
+Pieces: a tanh-Gaussian actor with a state-independent log-std (Mish + LayerNorm MLP), an ensemble
+of value critics, TD(lambda) targets over a window whose last step always bootstraps, a running
+mean/std of returns (the actor's loss scale), Adam with the papers' betas and a linear learning-rate
+decay, and the critic regression over several iterations of contiguous minibatches.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from mbdpo_jax.nn.layers import MLP, Ensemble
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorCriticConfig:
+    """Settings of the first-order actor-critic; defaults are PWM's published ones (Georgiev et al., 2024,
+    App. B): actor [400, 200, 100], 3 critics [400, 200], lambda 0.95, 8 critic iterations x 4 minibatches."""
+
+    actor_hidden: tuple[int, ...] = (400, 200, 100)
+    critic_hidden: tuple[int, ...] = (400, 200)
+    num_critics: int = 3
+    actor_lr: float = 5e-4
+    critic_lr: float = 5e-4
+    final_lr: float = 1e-5
+    """Both learning rates decay linearly to this over `lr_decay_updates` updates."""
+    lr_decay_updates: int = 10_000
+    betas: tuple[float, float] = (0.7, 0.95)
+    actor_grad_clip: float = 1.0
+    critic_grad_clip: float = 100.0
+    td_lambda: float = 0.95
+    critic_iterations: int = 8
+    critic_minibatches: int = 4
+    init_log_std: float = -1.0
+    min_log_std: float = -1.427
+
+    def validate(self) -> None:
+        """One-line error naming the bad value and the allowed ones."""
+        for name in ("actor_lr", "critic_lr", "lr_decay_updates", "actor_grad_clip", "critic_grad_clip",
+                     "critic_iterations", "critic_minibatches", "num_critics"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.final_lr <= min(self.actor_lr, self.critic_lr):
+            raise ValueError(f"final-lr must be in [0, min(actor-lr, critic-lr)], got {self.final_lr}")
+        if not 0 <= self.td_lambda < 1:
+            raise ValueError(f"td-lambda must be in [0, 1), got {self.td_lambda}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        if not (self.actor_hidden and self.critic_hidden and min(self.actor_hidden + self.critic_hidden) > 0):
+            raise ValueError(f"actor-hidden and critic-hidden need positive widths, got {self.actor_hidden}, "
+                             f"{self.critic_hidden}")
+
+
+class GaussianActor(nn.Module):
+    """Mean from a Mish + LayerNorm MLP, a state-independent log-std (clamped from below); actions are
+    tanh of a reparameterised Gaussian sample, no entropy term (PWM; SHAC)."""
+
+    hidden: Sequence[int]
+    action_size: int
+    init_log_std: float = -1.0
+    min_log_std: float = -1.427
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        mean = MLP(tuple(self.hidden), self.action_size)(x)
+        log_std = self.param("log_std", nn.initializers.constant(self.init_log_std), (self.action_size,))
+        return mean, jnp.maximum(log_std, self.min_log_std)
+
+
+def sample_action(mean: jax.Array, log_std: jax.Array, key: jax.Array, deterministic: bool = False) -> jax.Array:
+    """tanh(mean + std * eps), differentiable in mean and log_std; tanh(mean) when deterministic."""
+    if deterministic:
+        return jnp.tanh(mean)
+    return jnp.tanh(mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape))
+
+
+class ValueEnsemble(nn.Module):
+    """`size` value critics V_j(x), each a Mish + LayerNorm MLP; output [size, ...]."""
+
+    size: int
+    hidden: Sequence[int]
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return Ensemble(self.size, tuple(self.hidden), 1)(x)[..., 0]
+
+
+def td_lambda_targets(rewards: jax.Array, next_values: jax.Array, ends: jax.Array, gamma: Any,
+                      lam: float) -> jax.Array:
+    """TD(lambda) returns over a window, time-major [T, ...] (SHAC, Xu et al., 2022, Eq. 7).
+
+    G_t = r_t + gamma [(1 - lam) V_{t+1} + lam G_{t+1}], except that where the episode (or the window:
+    the last step always counts as an end) ends at t, G_t = r_t + gamma V_{t+1}. `next_values` are the
+    values of the next states with terminations already set to 0, so a truncation bootstraps from the
+    final observation's value and a termination does not.
+    """
+    ends = ends.astype(next_values.dtype).at[-1].set(1.0)
+
+    def back(g_next, step):
+        r, v, end = step
+        g = r + gamma * ((1 - lam) * v + lam * ((1 - end) * g_next + end * v))
+        return g, g
+
+    _, targets = jax.lax.scan(back, jnp.zeros_like(rewards[-1]), (rewards, next_values, ends), reverse=True)
+    return targets
+
+
+@struct.dataclass
+class RunningMeanStd:
+    """Running mean and variance of a batch statistic (parallel-merge of batch moments, Chan et al.)."""
+
+    mean: jax.Array
+    var: jax.Array
+    count: jax.Array
+
+    @classmethod
+    def create(cls) -> "RunningMeanStd":
+        return cls(jnp.zeros(()), jnp.ones(()), jnp.full((), 1e-4))
+
+    def update(self, x: jax.Array) -> "RunningMeanStd":
+        """Merge the moments of the batch x (any shape, all entries) into the running ones."""
+        x = jax.lax.stop_gradient(x).reshape(-1)
+        n, batch_mean, batch_var = x.shape[0], jnp.mean(x), jnp.var(x)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        mean = self.mean + delta * n / total
+        m2 = self.var * self.count + batch_var * n + delta ** 2 * self.count * n / total
+        return RunningMeanStd(mean, m2 / total, total)
+
+    @property
+    def std(self) -> jax.Array:
+        return jnp.sqrt(self.var + 1e-6)
+
+
+def adam_with_decay(cfg: ActorCriticConfig, lr: float, clip: float) -> optax.GradientTransformation:
+    """Global-norm clip, then Adam (betas cfg.betas) with lr decaying linearly to cfg.final_lr."""
+    schedule = optax.linear_schedule(lr, cfg.final_lr, cfg.lr_decay_updates)
+    return optax.chain(optax.clip_by_global_norm(clip), optax.adam(schedule, b1=cfg.betas[0], b2=cfg.betas[1]))
+
+
+def fit_critics(critics: ValueEnsemble, tx: optax.GradientTransformation, params: Any, opt_state: Any,
+                inputs: jax.Array, targets: jax.Array, iterations: int, minibatches: int, key: jax.Array
+                ) -> tuple[Any, Any, jax.Array]:
+    """Regress every critic on the TD(lambda) targets (MSE, summed over critics): `iterations` passes over
+    the data, each shuffled and split into `minibatches` contiguous minibatches (SHAC, Alg. 1).
+
+    inputs [N, X] and targets [N] are detached; N must divide by `minibatches`. Returns the new params,
+    optimiser state and the mean loss of the last pass.
+    """
+    n = inputs.shape[0]
+    if n % minibatches:
+        raise ValueError(f"critic data of {n} samples does not split into {minibatches} minibatches")
+    inputs, targets = jax.lax.stop_gradient(inputs), jax.lax.stop_gradient(targets)
+
+    def loss_fn(p, x, y):
+        return jnp.mean(jnp.sum((critics.apply({"params": p}, x) - y[None]) ** 2, axis=0))
+
+    def minibatch_step(carry, idx):
+        p, opt = carry
+        loss, grads = jax.value_and_grad(loss_fn)(p, inputs[idx], targets[idx])
+        updates, opt = tx.update(grads, opt, p)
+        return (optax.apply_updates(p, updates), opt), loss
+
+    def one_pass(carry, k):
+        order = jax.random.permutation(k, n).reshape(minibatches, n // minibatches)
+        carry, losses = jax.lax.scan(minibatch_step, carry, order)
+        return carry, jnp.mean(losses)
+
+    (params, opt_state), pass_losses = jax.lax.scan(one_pass, (params, opt_state), jax.random.split(key, iterations))
+    return params, opt_state, pass_losses[-1]
