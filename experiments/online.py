@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     agent, loop = parse_config(algo, "loop", loop_default, args, PROG, __doc__, agent_default)
     from mbdpo_jax.train.runner import run_online
 
-    cfg = OnlineConfig(agent=agent, loop=loop)
+    cfg = presets.finalize(preset, OnlineConfig(agent=agent, loop=loop))
     print(presets.describe(preset, cfg), flush=True)
     return run_or_explain(lambda: run_online(cfg))
 

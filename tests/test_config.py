@@ -19,7 +19,7 @@ def test_every_setting_has_a_unique_flat_name_and_round_trips_through_config_jso
     for hidden in ("rho", "tau", "discount", "consistency_coef", "reward_coef", "value_coef", "entropy_coef",
                    "enc_lr_scale", "grad_clip_norm", "episodic", "seed_burst"):
         assert hidden in names, hidden
-    changed = replace_flat(cfg, rho=0.7, tau=0.02, discount=0.9, num_samples=33, env="toy/pendulum")
+    changed = replace_flat(cfg, rho=0.7, tau=0.02, discount=0.9, batch_size=33, env="toy/pendulum")
     assert changed.agent.learner.losses.rho == 0.7 and changed.loop.env == "toy/pendulum"
     assert from_dict(OnlineConfig, json.loads(json.dumps(to_dict(changed)))) == changed
 
@@ -86,3 +86,17 @@ def test_presets_set_defaults_that_flags_override_and_auto_picks_laptop_on_a_cpu
     assert line.startswith("mbdpo: preset laptop") and "num_envs=2" in line and "--preset paper" in line
     with pytest.raises(ValueError, match="unknown preset 'gpu'; allowed: auto, laptop, paper"):
         presets.resolve("gpu")
+
+
+def test_laptop_preset_repeats_actions_4_times_on_dmc_unless_told_otherwise():
+    """On dmc/ tasks the laptop preset sets action repeat 4; other envs, an explicit --action-repeat, and
+    the paper preset keep theirs; the first printed line shows it."""
+    from mbdpo_jax.train import presets
+
+    agent, loop = presets.preset_defaults("laptop", "mbdpo")
+    finalize = lambda preset, **flags: presets.finalize(preset, replace_flat(OnlineConfig(agent, loop), **flags))
+    assert finalize("laptop", env="dmc/cartpole-swingup").loop.action_repeat == 4
+    assert finalize("laptop", env="toy/pendulum").loop.action_repeat is None
+    assert finalize("laptop", env="dmc/cartpole-swingup", action_repeat=2).loop.action_repeat == 2
+    assert finalize("paper", env="dmc/cartpole-swingup").loop.action_repeat is None
+    assert "action_repeat=4" in presets.describe("laptop", finalize("laptop", env="dmc/cartpole-swingup"))
