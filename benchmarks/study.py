@@ -1,14 +1,15 @@
 """Study: MBDPO with and without its energy F, and with and without distillation into the prior,
 against TD-MPC2 (Hansen et al., 2024); same env steps, seeds and budget.
 
-    python -m benchmarks.study --tasks dmc/cartpole-swingup:30000 dmc/cartpole-balance:10000 \
-        --seeds 0 --runs-dir runs/study --out benchmarks/results/2026-11-21-cpu-study
+    python -m benchmarks.study --tasks dmc/cartpole-swingup:6000 --seeds 0 1 2 \
+        --runs-dir runs/study --out benchmarks/results/2026-12-02-cpu-study-swingup
 
 Each (task, variant, seed) is one ordinary `python -m experiments.online ALGO` run in
 `<runs-dir>/<task>/<variant>/seed<k>`, launched one after the other (a finished run is not
 repeated; an interrupted one resumes from its checkpoint). All variants share the CPU settings of
-`--preset laptop`, written out in each command (tiny model, 4 envs, batch 128, half an update per
-env step, 64 candidates / 8 elites / 4 prior trajectories). The variants (flags written out even
+`--preset laptop`, written out in each command (tiny model, 4 envs, batch 128, one update per env
+step, action repeat 4, 64 candidates / 8 elites / 4 prior trajectories; the study of 2026-12-01 ran
+the earlier laptop settings: half an update per env step, action repeat 2, 2000 seed steps). The variants (flags written out even
 where they are today's defaults, so each run's command says what it ran):
 
 - `mbdpo`: reverse diffusion (`--diffusion-steps`) with eta * F in the objective, no distillation
@@ -39,15 +40,16 @@ import tyro
 
 PRESET = "laptop"
 """`experiments.online --preset` of every run, named so the runs do not depend on the device ('auto')."""
-SHARED_SETTINGS = {"model_size": "tiny", "num_envs": 4, "updates_per_step": 0.5, "batch_size": 128,
-                   "num_samples": 64, "num_elites": 8, "num_pi_trajs": 4, "seed_steps": 2000, "eval_episodes": 4}
+SHARED_SETTINGS = {"model_size": "tiny", "num_envs": 4, "updates_per_step": 1.0, "batch_size": 128,
+                   "num_samples": 64, "num_elites": 8, "num_pi_trajs": 4, "seed_steps": 1000, "eval_episodes": 4,
+                   "action_repeat": 4}
 """Settings of every run, by flag name (underscored). They are the laptop preset's today and are written
 out so that a later change of that preset does not change the study."""
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-    tasks: tuple[str, ...] = ("dmc/cartpole-swingup:30000", "dmc/cartpole-balance:10000")
+    tasks: tuple[str, ...] = ("dmc/cartpole-swingup:6000", "dmc/cartpole-balance:6000")
     """Env names with their env-step budget, as NAME:STEPS."""
     seeds: tuple[int, ...] = (0,)
     variants: tuple[str, ...] = ("mbdpo", "mbdpo-no-F", "mbdpo-distill", "tdmpc2")

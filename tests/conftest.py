@@ -2,16 +2,19 @@
 import pytest
 
 from mbdpo_jax.agents import config_class
-from mbdpo_jax.train.config import LoopOptions, OnlineConfig, replace_flat
+from mbdpo_jax.train.config import LoopOptions, OnlineConfig, flat_fields, replace_flat
 
 
 def tiny_online_config(algo: str = "tdmpc2", **overrides) -> OnlineConfig:
     """A toy/pendulum run small enough to compile and train in seconds on 2 cores; overrides use the
-    command line's (flat) setting names."""
-    planner = (dict(iterations=2) if algo == "tdmpc2" else {})
-    base = replace_flat(OnlineConfig(agent=config_class(algo)(), loop=LoopOptions()), env="toy/pendulum", steps=96,
-                        num_envs=2, model_size="tiny", batch_size=16, eval_every=32, eval_episodes=2, seed_steps=32,
-                        buffer_size=1000, num_samples=16, num_elites=4, num_pi_trajs=2, progress=False, **planner)
+    command line's (flat) setting names. Shrinking settings an algorithm does not have (e.g. planner
+    candidates for SHAC) are left out."""
+    cfg = OnlineConfig(agent=config_class(algo)(), loop=LoopOptions())
+    small = dict(env="toy/pendulum", steps=96, num_envs=2, model_size="tiny", batch_size=16, eval_every=32,
+                 eval_episodes=2, seed_steps=32, buffer_size=1000, num_samples=16, num_elites=4, num_pi_trajs=2,
+                 progress=False, **(dict(iterations=2) if algo == "tdmpc2" else {}))
+    names = flat_fields(cfg)
+    base = replace_flat(cfg, **{k: v for k, v in small.items() if k in names})
     return replace_flat(base, **overrides)
 
 

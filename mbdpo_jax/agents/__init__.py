@@ -16,6 +16,7 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "mbdpo": ("mbdpo_jax.agents.mbdpo", "MBDPOConfig", "MBDPO"),
     "tdmpc2": ("mbdpo_jax.agents.tdmpc2", "TDMPC2Config", "TDMPC2"),
     "pwm": ("mbdpo_jax.agents.pwm", "PWMConfig", "PWM"),
+    "shac": ("mbdpo_jax.agents.shac", "SHACConfig", "SHAC"),
 }
 ALGORITHMS = tuple(_REGISTRY)
 

@@ -11,7 +11,8 @@ jit, vmap (over envs and seeds) and sit inside one compiled training chunk. Thre
   `prepare` it once (advantages, TD(lambda) targets, soft rewards), then `update` on minibatches for
   a few epochs.
 * first-order (`FirstOrderAgent`: SHAC): `update` differentiates through a short window of the
-  environment itself and returns the env state it reached.
+  environment itself and returns the env state it reached (`train.first_order`). PWM, which
+  differentiates through a learned model instead, is an off-policy agent.
 
 A batch of off-policy sequences is time-major: obs/next_obs [H, B, O], action [H, B, A],
 reward/done/end [H, B] ('done' = termination, 'end' = termination or truncation), optional task [B],
@@ -83,16 +84,29 @@ class OnPolicyAgent(Protocol):
 
 @runtime_checkable
 class FirstOrderAgent(Protocol):
-    """An agent that differentiates through the environment itself (short-horizon BPTT)."""
+    """An agent that differentiates through the environment itself (short-horizon BPTT: SHAC).
+
+    Its class attribute `regime = "first_order"` tells the runner to drive it with `train.first_order`;
+    `act` and the act carry are as in `OffPolicyAgent` (a trivial carry), so evaluation is shared.
+    """
+
+    regime: str
 
     def init(self, key: jax.Array) -> State:
         """Fresh agent state."""
 
-    def act(self, state: State, obs: jax.Array, key: jax.Array, eval_mode: bool = False
-            ) -> tuple[jax.Array, dict]:
-        """One env's action and aux."""
+    def initial_act_carry(self) -> jax.Array:
+        """One env's act carry (a placeholder scalar)."""
+
+    def next_act_carry(self, act_carry: jax.Array, episode_started: jax.Array) -> jax.Array:
+        """The carry for the next step."""
+
+    def act(self, state: State, obs: jax.Array, act_carry: jax.Array, key: jax.Array,
+            eval_mode: bool = False) -> tuple[jax.Array, jax.Array, dict]:
+        """One env's action, the act carry and aux."""
 
     def update(self, state: State, env: Env, env_state: EnvState, key: jax.Array
                ) -> tuple[State, EnvState, Metrics]:
         """Roll the policy through `env` from `env_state` (batched envs), backpropagate, step; returns
-        the env state the window ended in."""
+        the env state the window ended in. A non-finite metric stops the run (the host loop names the
+        step), so agents report gradient norms as metrics."""

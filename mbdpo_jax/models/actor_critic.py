@@ -119,20 +119,21 @@ def td_lambda_targets(rewards: jax.Array, next_values: jax.Array, ends: jax.Arra
 
 @struct.dataclass
 class RunningMeanStd:
-    """Running mean and variance of a batch statistic (parallel-merge of batch moments, Chan et al.)."""
+    """Running mean and variance of a statistic of shape `mean.shape` (parallel merge of batch moments,
+    Chan et al., 1979): SHAC's observation normaliser (per feature) and return normaliser (scalar)."""
 
     mean: jax.Array
     var: jax.Array
     count: jax.Array
 
     @classmethod
-    def create(cls) -> "RunningMeanStd":
-        return cls(jnp.zeros(()), jnp.ones(()), jnp.full((), 1e-4))
+    def create(cls, shape: tuple[int, ...] = ()) -> "RunningMeanStd":
+        return cls(jnp.zeros(shape), jnp.ones(shape), jnp.full((), 1e-4))
 
     def update(self, x: jax.Array) -> "RunningMeanStd":
-        """Merge the moments of the batch x (any shape, all entries) into the running ones."""
-        x = jax.lax.stop_gradient(x).reshape(-1)
-        n, batch_mean, batch_var = x.shape[0], jnp.mean(x), jnp.var(x)
+        """Merge the moments of the batch x [..., *shape] (all leading entries) into the running ones."""
+        x = jax.lax.stop_gradient(x).reshape((-1,) + self.mean.shape)
+        n, batch_mean, batch_var = x.shape[0], jnp.mean(x, 0), jnp.var(x, 0)
         total = self.count + n
         delta = batch_mean - self.mean
         mean = self.mean + delta * n / total
@@ -142,6 +143,10 @@ class RunningMeanStd:
     @property
     def std(self) -> jax.Array:
         return jnp.sqrt(self.var + 1e-6)
+
+    def normalize(self, x: jax.Array, clip: float = 5.0) -> jax.Array:
+        """(x - mean) / std, clipped to [-clip, clip]."""
+        return jnp.clip((x - self.mean) / self.std, -clip, clip)
 
 
 def adam_with_decay(cfg: ActorCriticConfig, lr: float, clip: float) -> optax.GradientTransformation:

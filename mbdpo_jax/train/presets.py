@@ -30,9 +30,14 @@ LAPTOP_AGENT = {
 }
 
 
+# First-order learners step many envs per window: chunks are whole windows of num_envs x window steps.
+ALGO_LOOP = {"shac": dict(num_envs=64, steps=4_096_000, eval_every=20_480)}  # 10 windows of 64 x 32
+LAPTOP_ALGO_LOOP = {"shac": dict(num_envs=16, steps=204_800, eval_every=20_480)}  # 40 windows of 16 x 32
+
+
 def laptop_settings(algo: str) -> dict:
     """The settings the laptop preset changes for `algo` (loop and agent), by flag name."""
-    return {**LAPTOP_LOOP, **LAPTOP_AGENT.get(algo, {})}
+    return {**LAPTOP_LOOP, **LAPTOP_ALGO_LOOP.get(algo, {}), **LAPTOP_AGENT.get(algo, {})}
 
 
 def resolve(preset: str) -> str:
@@ -46,7 +51,7 @@ def resolve(preset: str) -> str:
 
 def preset_defaults(preset: str, algo: str) -> tuple[Any, LoopOptions]:
     """(agent config, loop options) of a preset for `algo`."""
-    cfg = OnlineConfig(agent=agents.config_class(algo)(), loop=LoopOptions())
+    cfg = replace_flat(OnlineConfig(agent=agents.config_class(algo)(), loop=LoopOptions()), **ALGO_LOOP.get(algo, {}))
     if resolve(preset) == "laptop":
         cfg = replace_flat(cfg, **laptop_settings(algo))
     return cfg.agent, cfg.loop

@@ -15,6 +15,7 @@ from mbdpo_jax.agents import make_agent
 from mbdpo_jax.data.datasets import save_replay
 from mbdpo_jax.train import host
 from mbdpo_jax.train.config import LoopOptions, OnlineConfig, to_dict
+from mbdpo_jax.train.first_order import FirstOrderLoopConfig, FirstOrderTrainer
 from mbdpo_jax.train.off_policy import LoopConfig, OffPolicyTrainer
 from mbdpo_jax.train.run_dir import prepare_run_dir
 
@@ -32,14 +33,28 @@ def loop_config(loop: LoopOptions, spec: envs.EnvSpec) -> LoopConfig:
                       eval_episodes=loop.eval_episodes, seed_burst=loop.seed_burst, progress_every=every)
 
 
-def build_trainer(cfg: OnlineConfig) -> OffPolicyTrainer:
-    """Validate the config, make the env and agent, and wire the online loop (nothing compiles yet)."""
+def first_order_loop_config(loop: LoopOptions, window: int) -> FirstOrderLoopConfig:
+    """The first-order loop's static settings from the experiment options."""
+    windows = loop.eval_every // max(1, loop.num_envs * window)
+    every = max(1, windows // PROGRESS_REPORTS_PER_CHUNK) if loop.progress else 0
+    return FirstOrderLoopConfig(num_envs=loop.num_envs, window=window, steps_per_chunk=loop.eval_every,
+                                eval_episodes=loop.eval_episodes, progress_every=every)
+
+
+def build_trainer(cfg: OnlineConfig) -> OffPolicyTrainer | FirstOrderTrainer:
+    """Validate the config, make the env and agent, and wire the agent's training regime (off-policy or
+    first-order, from the agent's `regime`; nothing compiles yet)."""
     cfg.validate()
     env = envs.make(cfg.loop.env, action_repeat=cfg.loop.action_repeat)
-    return OffPolicyTrainer(make_agent(cfg.agent, env.spec), env, loop_config(cfg.loop, env.spec))
+    agent = make_agent(cfg.agent, env.spec)
+    if getattr(agent, "regime", "off_policy") == "first_order":
+        if cfg.loop.save_dataset:
+            raise ValueError(f"--save-dataset needs a replay, which {cfg.algo} (first-order) does not keep")
+        return FirstOrderTrainer(agent, env, first_order_loop_config(cfg.loop, agent.cfg.window))
+    return OffPolicyTrainer(agent, env, loop_config(cfg.loop, env.spec))
 
 
-def online_program(trainer: OffPolicyTrainer, loop: LoopOptions, initial_agent: Any = None) -> host.Program:
+def online_program(trainer: OffPolicyTrainer | FirstOrderTrainer, loop: LoopOptions, initial_agent: Any = None) -> host.Program:
     """The host loop's view of off-policy training. initial_agent: agent state to start from instead
     of a fresh one (fine-tuning); a resumed run restores its own."""
     key = jax.random.PRNGKey(loop.seed)
