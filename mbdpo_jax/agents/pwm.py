@@ -74,11 +74,7 @@ class PWM:
         self.learner = LatentLearner(cfg.learner, spec, num_tasks, action_masks)
         self.model = self.learner.model
         self.horizon, self.batch_size = cfg.learner.horizon, cfg.learner.batch_size
-        acc = cfg.actor_critic
-        self.actor = ac.GaussianActor(acc.actor_hidden, spec.action_size, acc.init_log_std, acc.min_log_std)
-        self.critics = ac.ValueEnsemble(acc.num_critics, acc.critic_hidden)
-        self.actor_tx = ac.adam_with_decay(acc, acc.actor_lr, acc.actor_grad_clip)
-        self.critic_tx = ac.adam_with_decay(acc, acc.critic_lr, acc.critic_grad_clip)
+        self.actor, self.critics, self.actor_tx, self.critic_tx = ac.networks(cfg.actor_critic, spec.action_size)
 
     def init(self, key: jax.Array) -> PWMState:
         k_model, k_actor, k_critic = jax.random.split(key, 3)

@@ -96,11 +96,7 @@ class SHAC:
             raise ValueError(f"SHAC differentiates through the physics, but {spec.name} is not differentiable "
                              "(pick a toy/, brax/ or dmc/ env whose spec.differentiable is True)")
         self.cfg, self.spec = cfg, spec
-        acc = cfg.actor_critic
-        self.actor = ac.GaussianActor(acc.actor_hidden, spec.action_size, acc.init_log_std, acc.min_log_std)
-        self.critic = ac.ValueEnsemble(acc.num_critics, acc.critic_hidden)
-        self.actor_tx = ac.adam_with_decay(acc, acc.actor_lr, acc.actor_grad_clip)
-        self.critic_tx = ac.adam_with_decay(acc, acc.critic_lr, acc.critic_grad_clip)
+        self.actor, self.critic, self.actor_tx, self.critic_tx = ac.networks(cfg.actor_critic, spec.action_size)
 
     def init(self, key: jax.Array) -> SHACState:
         k_actor, k_critic = jax.random.split(key)

@@ -155,6 +155,15 @@ def adam_with_decay(cfg: ActorCriticConfig, lr: float, clip: float) -> optax.Gra
     return optax.chain(optax.clip_by_global_norm(clip), optax.adam(schedule, b1=cfg.betas[0], b2=cfg.betas[1]))
 
 
+def networks(cfg: ActorCriticConfig, action_size: int
+             ) -> tuple[GaussianActor, ValueEnsemble, optax.GradientTransformation, optax.GradientTransformation]:
+    """(actor, critics, actor optimiser, critic optimiser) of a config."""
+    actor = GaussianActor(cfg.actor_hidden, action_size, cfg.init_log_std, cfg.min_log_std)
+    critics = ValueEnsemble(cfg.num_critics, cfg.critic_hidden)
+    return (actor, critics, adam_with_decay(cfg, cfg.actor_lr, cfg.actor_grad_clip),
+            adam_with_decay(cfg, cfg.critic_lr, cfg.critic_grad_clip))
+
+
 def fit_critics(critics: ValueEnsemble, tx: optax.GradientTransformation, params: Any, opt_state: Any,
                 inputs: jax.Array, targets: jax.Array, iterations: int, minibatches: int, key: jax.Array
                 ) -> tuple[Any, Any, jax.Array]:
