@@ -56,16 +56,20 @@ def test_run_directory_of_the_old_flat_config_is_refused_with_the_reason(tmp_pat
 
 
 @pytest.mark.parametrize("algo", ALGORITHMS)
-def test_registered_agents_follow_the_off_policy_protocol(algo):
-    """Every registered agent built from its default config provides what the off-policy loop needs
-    (agents.protocols.OffPolicyAgent), and inherits from no other agent (composition)."""
+def test_registered_agents_follow_their_regimes_protocol(algo):
+    """Every registered agent built from its default config provides what its training loop needs
+    (agents.protocols: OffPolicyAgent, or FirstOrderAgent when its regime says so), and inherits from
+    no other agent (composition)."""
     from mbdpo_jax.agents import make_agent
-    from mbdpo_jax.agents.protocols import OffPolicyAgent
+    from mbdpo_jax.agents.protocols import FirstOrderAgent, OffPolicyAgent
     from mbdpo_jax.envs.base import EnvSpec
 
-    cfg = replace_flat(OnlineConfig(agent=config_class(algo)()), model_size="tiny").agent
-    agent = make_agent(cfg, EnvSpec("t", obs_size=3, action_size=1, episode_length=50))
-    assert isinstance(agent, OffPolicyAgent)
+    cfg = OnlineConfig(agent=config_class(algo)())
+    if "model_size" in flat_fields(cfg):
+        cfg = replace_flat(cfg, model_size="tiny")
+    agent = make_agent(cfg.agent, EnvSpec("t", obs_size=3, action_size=1, episode_length=50, differentiable=True))
+    first_order = getattr(agent, "regime", "off_policy") == "first_order"
+    assert isinstance(agent, FirstOrderAgent if first_order else OffPolicyAgent)
     assert type(agent).__mro__[1:] == (object,)
 
 
