@@ -26,7 +26,10 @@ _PLANNING = dict(model_size="tiny", batch_size=128, num_samples=64, num_elites=8
 LAPTOP_AGENT = {
     "mbdpo": dict(_PLANNING, diffusion_steps=8),
     "tdmpc2": dict(_PLANNING, iterations=4),
-    "pwm": dict(model_size="tiny", batch_size=64),
+    # PWM's actor-critic shrunk as well (published: actor [400, 200, 100], critics [400, 200]); a quarter
+    # of an update per env step: one PWM update is a 16-step world-model step plus 32 critic steps.
+    "pwm": dict(model_size="tiny", batch_size=64, actor_hidden=(128, 64), critic_hidden=(128, 128),
+                updates_per_step=0.25),
 }
 
 
