@@ -1,5 +1,5 @@
-"""Online training from an experiment config: build the env, agent and off-policy loop, and hand
-them to the host loop (`train.host`).
+"""Online training from an experiment config: build the env, the agent and its regime's loop
+(off-policy or first-order), and hand them to the host loop (`train.host`).
 
     run_dir = run_online(OnlineConfig(agent=MBDPOConfig(), loop=LoopOptions(env="toy/pendulum")))
 """
@@ -54,8 +54,9 @@ def build_trainer(cfg: OnlineConfig) -> OffPolicyTrainer | FirstOrderTrainer:
     return OffPolicyTrainer(agent, env, loop_config(cfg.loop, env.spec))
 
 
-def online_program(trainer: OffPolicyTrainer | FirstOrderTrainer, loop: LoopOptions, initial_agent: Any = None) -> host.Program:
-    """The host loop's view of off-policy training. initial_agent: agent state to start from instead
+def online_program(trainer: OffPolicyTrainer | FirstOrderTrainer, loop: LoopOptions,
+                   initial_agent: Any = None) -> host.Program:
+    """The host loop's view of online training (either regime's trainer). initial_agent: agent state to start from instead
     of a fresh one (fine-tuning); a resumed run restores its own."""
     key = jax.random.PRNGKey(loop.seed)
     eval_key = jax.random.fold_in(key, 1)
