@@ -118,7 +118,7 @@ class PWM:
         z0 = jax.lax.stop_gradient(self.model.encode(params, obs, task))
         loss_fn = lambda actor: self._actor_loss(actor, state.critics, state.returns, params, z0, k_imagine, task)
         (loss, (traj, returns)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.actor)
-        grads, finite = _zero_if_not_finite(grads)
+        grads, finite = ac.zero_if_not_finite(grads)  # PWM's online runs skip such steps
         updates, actor_opt = self.actor_tx.update(grads, state.actor_opt, state.actor)
         actor = optax.apply_updates(state.actor, updates)
         critics, critic_opt, critic_loss = self._fit_critics(state, params, traj, k_critic, task)
@@ -126,7 +126,7 @@ class PWM:
         _, log_std = self.actor.apply({"params": actor}, z0[:1])
         metrics = {"actor_loss": loss, "critic_loss": critic_loss, "actor_grad_norm": optax.tree.norm(grads),
                    "imagined_reward": jnp.mean(traj.rewards), "actor_std": jnp.mean(jnp.exp(log_std)),
-                   "nonfinite_actor_grads": 1.0 - finite}
+                   "nonfinite_actor_grads": 1.0 - finite.astype(jnp.float32)}
         return new, metrics
 
     def _actor_loss(self, actor: Any, critics: Any, returns: ac.RunningMeanStd, params: dict, z0: jax.Array,
@@ -164,8 +164,3 @@ class PWM:
         return ac.fit_critics(self.critics, self.critic_tx, state.critics, state.critic_opt, inputs,
                               targets.reshape(-1), acc.critic_iterations, acc.critic_minibatches, key)
 
-
-def _zero_if_not_finite(grads: Any) -> tuple[Any, jax.Array]:
-    """The gradients, or zeros when any entry is NaN/inf (PWM's online runs skip such steps); and 1.0 if finite."""
-    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    return jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads), finite.astype(jnp.float32)

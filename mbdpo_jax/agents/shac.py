@@ -155,9 +155,9 @@ class SHAC:
         env_state = jax.lax.stop_gradient(env_state)
         (loss, (last, window)), grads = jax.value_and_grad(self.window_loss, has_aux=True)(
             state.actor, state, env, env_state, k_window)
-        finite = jnp.isfinite(optax.tree.norm(grads))
+        skipped, finite = ac.zero_if_not_finite(grads)
         if self.cfg.on_nonfinite == "skip":
-            grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+            grads = skipped
         updates, actor_opt = self.actor_tx.update(grads, state.actor_opt, state.actor)
         actor = optax.apply_updates(state.actor, updates)
         acc = self.cfg.actor_critic
@@ -169,9 +169,8 @@ class SHAC:
         obs_stats = state.obs_stats.update(window.raw_obs) if self.cfg.normalize_obs else state.obs_stats
         new = SHACState(actor, critic, target_critic, actor_opt, critic_opt, obs_stats)
         metrics = {"actor_loss": loss, "critic_loss": critic_loss, "window_reward": jnp.mean(window.rewards),
-                   "nonfinite_skips": 1.0 - finite.astype(jnp.float32)}
-        if self.cfg.on_nonfinite == "raise":
-            metrics["actor_grad_norm"] = optax.tree.norm(grads)  # non-finite: the host loop stops, naming the step
-        else:
-            metrics["actor_grad_norm"] = jnp.where(finite, optax.tree.norm(grads), 0.0)
+                   "nonfinite_skips": 1.0 - finite.astype(jnp.float32),
+                   # non-finite only with on_nonfinite='raise' (skipped gradients are zeros): the host loop
+                   # then stops the run, naming the step
+                   "actor_grad_norm": optax.tree.norm(grads)}
         return new, last, metrics

@@ -155,6 +155,12 @@ def adam_with_decay(cfg: ActorCriticConfig, lr: float, clip: float) -> optax.Gra
     return optax.chain(optax.clip_by_global_norm(clip), optax.adam(schedule, b1=cfg.betas[0], b2=cfg.betas[1]))
 
 
+def zero_if_not_finite(grads: Any) -> tuple[Any, jax.Array]:
+    """(the gradients, or zeros when any entry is NaN/inf; True if all were finite): a skipped step."""
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    return jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads), finite
+
+
 def networks(cfg: ActorCriticConfig, action_size: int
              ) -> tuple[GaussianActor, ValueEnsemble, optax.GradientTransformation, optax.GradientTransformation]:
     """(actor, critics, actor optimiser, critic optimiser) of a config."""
