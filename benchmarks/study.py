@@ -43,8 +43,16 @@ PRESET = "laptop"
 SHARED_SETTINGS = {"model_size": "tiny", "num_envs": 4, "updates_per_step": 1.0, "batch_size": 128,
                    "num_samples": 64, "num_elites": 8, "num_pi_trajs": 4, "seed_steps": 1000, "eval_episodes": 4,
                    "action_repeat": 4}
-"""Settings of every run, by flag name (underscored). They are the laptop preset's today and are written
-out so that a later change of that preset does not change the study."""
+"""Settings of every planning run (mbdpo, tdmpc2 variants), by flag name (underscored). They are the laptop
+preset's today and are written out so that a later change of that preset does not change the study."""
+FIRST_ORDER_SETTINGS = {
+    # the laptop preset's PWM settings; planner settings do not exist for it
+    "pwm": {"model_size": "tiny", "num_envs": 4, "updates_per_step": 0.25, "batch_size": 64, "actor_hidden": (128, 64),
+            "critic_hidden": (128, 128), "seed_steps": 1000, "eval_episodes": 4, "action_repeat": 4},
+    # the laptop preset's SHAC settings: 16 envs x 32-step windows (eval-every must be a multiple of 512)
+    "shac": {"num_envs": 16, "eval_episodes": 4, "action_repeat": 4},
+}
+"""The first-order learners' settings, by variant; every run sees the same env steps, seeds and action repeat."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,16 +84,21 @@ VARIANTS = {
     "mbdpo-distill": lambda c: ("mbdpo", {"diffusion_steps": c.diffusion_steps, "use_energy": True,
                                           "distill_coef": c.distill_coef}),
     "tdmpc2": lambda c: ("tdmpc2", {"iterations": c.iterations}),
+    "pwm": lambda c: ("pwm", {}),
+    "shac": lambda c: ("shac", {}),
 }
 
 
 def flags(settings: dict) -> list[str]:
-    """Command-line flags of settings by flag name: `--name value`, `--name`/`--no-name` for booleans."""
+    """Command-line flags of settings by flag name: `--name value`, `--name`/`--no-name` for booleans,
+    `--name v1 v2` for tuples."""
     out = []
     for name, value in settings.items():
         flag = name.replace("_", "-")
         if isinstance(value, bool):
             out.append(f"--{flag}" if value else f"--no-{flag}")
+        elif isinstance(value, tuple):
+            out += [f"--{flag}", *map(str, value)]
         else:
             out += [f"--{flag}", str(value)]
     return out
@@ -109,7 +122,8 @@ def run_settings(cfg: StudyConfig, task: str, steps: int, variant: str, seed: in
     """(algorithm, every setting the run's command sets, by flag name)."""
     algo, own = VARIANTS[variant](cfg)
     return algo, {"env": task, "steps": steps, "eval_every": steps // cfg.evals_per_run, "seed": seed,
-                  "run_dir": str(run_dir(cfg, task, variant, seed)), "progress": False, **SHARED_SETTINGS, **own}
+                  "run_dir": str(run_dir(cfg, task, variant, seed)), "progress": False,
+                  **FIRST_ORDER_SETTINGS.get(variant, SHARED_SETTINGS), **own}
 
 
 def command(cfg: StudyConfig, task: str, steps: int, variant: str, seed: int) -> list[str]:
@@ -240,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     table = summarise(cfg, curves)
     out.with_suffix(".json").write_text(json.dumps(
         {"benchmark": "study", "device": _device(), "config": dataclasses.asdict(cfg),
-         "preset": PRESET, "shared_options": SHARED_OPTIONS, "commands": commands, "curves": curves}, indent=1) + "\n")
+         "preset": PRESET, "shared_options": SHARED_OPTIONS,
+         "first_order_options": {v: flags(o) for v, o in FIRST_ORDER_SETTINGS.items()}, "commands": commands, "curves": curves}, indent=1) + "\n")
     out.with_suffix(".md").write_text(table + "\n")
     plot(curves, out.with_suffix(".png"))
     print(table)

@@ -65,6 +65,23 @@ def test_run_commands_name_the_algorithm_first_and_spell_out_the_variant():
     assert agent.planner.iterations == 4
 
 
+def test_first_order_variants_get_their_own_settings_and_parse():
+    """pwm and shac runs carry no planner flags, their tuple settings are spelled out as separate
+    values, and each command parses to its algorithm's config at the same env steps and action repeat."""
+    from experiments.common import parse_config
+    from mbdpo_jax.train.config import LoopOptions
+
+    cfg = study.StudyConfig(runs_dir="r", variants=("pwm", "shac"), evals_per_run=2)
+    for variant in cfg.variants:
+        cmd = study.command(cfg, "toy/pendulum", 1024, variant, 0)
+        assert "--num-samples" not in cmd and cmd[3] == variant
+        agent, loop = parse_config(variant, "loop", LoopOptions(), cmd[6:], "p", "d")
+        assert (loop.steps, loop.eval_every, loop.action_repeat) == (1024, 512, 4)
+    agent, loop = parse_config("pwm", "loop", LoopOptions(), study.command(cfg, "toy/pendulum", 1024, "pwm", 0)[6:],
+                               "p", "d")
+    assert agent.actor_critic.actor_hidden == (128, 64) and loop.updates_per_step == 0.25
+
+
 def test_a_run_directory_of_another_variant_or_format_is_refused(tmp_path):
     """config.json (format 2) must hold the variant's algorithm and settings; an older format or
     another variant's settings stop the study naming the difference; no config.json is accepted."""
