@@ -29,3 +29,18 @@ def test_agent_swings_up_the_pendulum(algo, tmp_path):
     returns = _eval_returns(run_online(cfg))
     assert returns[0] < -600  # the untrained agent fails
     assert max(returns) >= -300, returns
+
+
+@pytest.mark.slow
+def test_pwm_online_swings_up_the_pendulum(tmp_path):
+    """PWM online (tiny world model, the laptop preset's actor-critic, a quarter update per env step)
+    reaches an eval return of at least -300 within 3.6k env steps (of the 15k allowed). Measured with
+    these settings: -1110 / -945 / -1062 / -118 at 0 / 1.2k / 2.4k / 3.6k env steps; half the batch at
+    half an update per env step stayed at -688 at 2.4k, so the budget is not shrunk further."""
+    planner = ("num_samples", "num_elites", "num_pi_trajs")
+    settings = dict({k: v for k, v in PENDULUM.items() if k not in planner}, num_envs=4, updates_per_step=0.25,
+                    batch_size=64, actor_hidden=(128, 64), critic_hidden=(128, 128), eval_every=1200, seed_steps=1000)
+    cfg = tiny_online_config(algo="pwm", steps=3600, run_dir=str(tmp_path / "pwm"), **settings)
+    returns = _eval_returns(run_online(cfg))
+    assert returns[0] < -600
+    assert max(returns) >= -300, returns
