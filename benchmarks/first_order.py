@@ -93,8 +93,9 @@ def measure(b: FirstOrderBench) -> dict:
     results["pwm_policy_update"] = with_share(timed(
         lambda s, o, k: pwm.policy_update(s, s.learner.params, o, k), (state, batch["obs"][0], key), b.repeats), peak)
     results["pwm_update"] = with_share(timed(pwm.update, (state, batch, key), b.repeats), peak)
+    shac_cfg = SHACConfig(window=b.window)
     if env.spec.differentiable:
-        shac = SHAC(SHACConfig(window=b.window), env.spec)
+        shac = SHAC(shac_cfg, env.spec)
         shac_state, env_state = shac.init(key), envs.reset_batch(env, key, b.num_envs)
         window = with_share(timed(lambda s, e, k: shac.update(s, env, e, k), (shac_state, env_state, key), b.repeats),
                             peak)
@@ -102,7 +103,7 @@ def measure(b: FirstOrderBench) -> dict:
         results["shac_window"] = window
     else:
         results["shac_window"] = f"{b.env} is not differentiable"
-    config = {"bench": dataclasses.asdict(b), "pwm": dataclasses.asdict(cfg), "shac": dataclasses.asdict(SHACConfig())}
+    config = {"bench": dataclasses.asdict(b), "pwm": dataclasses.asdict(cfg), "shac": dataclasses.asdict(shac_cfg)}
     return {"benchmark": "first_order", "device": device_info(), "config": config, "results": results}
 
 

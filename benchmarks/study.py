@@ -49,8 +49,9 @@ FIRST_ORDER_SETTINGS = {
     # the laptop preset's PWM settings; planner settings do not exist for it
     "pwm": {"model_size": "tiny", "num_envs": 4, "updates_per_step": 0.25, "batch_size": 64, "actor_hidden": (128, 64),
             "critic_hidden": (128, 128), "seed_steps": 1000, "eval_episodes": 4, "action_repeat": 4},
-    # the laptop preset's SHAC settings: 16 envs x 32-step windows (eval-every must be a multiple of 512)
-    "shac": {"num_envs": 16, "eval_episodes": 4, "action_repeat": 4},
+    # the laptop preset's SHAC settings: 16 envs x 8-step windows (eval-every must be a multiple of 128)
+    "shac": {"num_envs": 16, "window": 8, "init_log_std": -2.0, "on_nonfinite": "skip", "eval_episodes": 4,
+             "action_repeat": 4},
 }
 """The first-order learners' settings, by variant; every run sees the same env steps, seeds and action repeat."""
 

@@ -353,3 +353,32 @@ def test_mjx_gradient_matches_finite_differences(name):
     grad, fd = fast_jit(grad_and_fd)(actions)
     assert np.isfinite(np.asarray(grad)).all()
     np.testing.assert_allclose(jnp.vdot(grad, direction), fd, rtol=5e-2)
+
+
+def test_diverged_backend_physics_terminates_the_episode_with_zero_reward():
+    """A backend step whose observation or reward is non-finite ends the episode (done = 1) and earns
+    0, so a NaN state cannot keep collecting reward (brax's fall tests are False for NaN)."""
+    from flax import struct
+
+    from mbdpo_jax.envs.base import EnvSpec
+    from mbdpo_jax.envs.wrappers import BackendAdapter
+
+    @struct.dataclass
+    class Inner:
+        obs: jax.Array
+        reward: jax.Array
+        done: jax.Array
+
+    class Backend:
+        def reset(self, key):
+            return Inner(jnp.zeros(2), jnp.zeros(()), jnp.zeros(()))
+
+        def step(self, state, action):  # diverges once the action is positive
+            bad = action[0] > 0
+            return Inner(jnp.where(bad, jnp.nan, 1.0) * jnp.ones(2), jnp.ones(()), jnp.zeros(()))
+
+    env = BackendAdapter(Backend(), EnvSpec("fake", 2, 1, 10), np.array([[-1.0, 1.0]]))
+    state = env.reset(jax.random.PRNGKey(0))
+    healthy, diverged = env.step(state, jnp.array([-0.5])), env.step(state, jnp.array([0.5]))
+    assert (float(healthy.done), float(healthy.reward)) == (0.0, 1.0)
+    assert (float(diverged.done), float(diverged.reward)) == (1.0, 0.0)

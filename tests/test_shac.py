@@ -90,9 +90,13 @@ def test_termination_bootstraps_zero_and_truncation_the_final_observations_value
     agent = small_shac(env.spec, window=5, normalize_obs=False)
     state = agent.init(jax.random.PRNGKey(0))
     c, g = 3.0, agent.cfg.gamma
+    # all weights zero and the head's bias c (the head: 'Dense_0' outside the NormedLinear layers, or the
+    # last Dense of a 'linear-elu-norm' MLP)
+    head = "Dense_0" if agent.cfg.actor_critic.layers == "linear-norm-mish" else \
+        f"Dense_{len(agent.cfg.actor_critic.critic_hidden)}"
     constant = jax.tree.map(jnp.zeros_like, state.critic)
     constant = jax.tree_util.tree_map_with_path(
-        lambda p, x: jnp.full_like(x, c) if "Dense_0" in jax.tree_util.keystr(p) and "bias" in
+        lambda p, x: jnp.full_like(x, c) if f"'{head}'" in jax.tree_util.keystr(p) and "bias" in
         jax.tree_util.keystr(p) and "NormedLinear" not in jax.tree_util.keystr(p) else x, constant)
     state = state.replace(target_critic=constant)
     env_state = envs.reset_batch(env, jax.random.PRNGKey(1), 1)

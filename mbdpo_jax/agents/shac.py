@@ -37,11 +37,13 @@ ON_NONFINITE = ("raise", "skip")
 class SHACConfig:
     """SHAC's settings; defaults are the paper's Ant ones (App. A: actor [128, 64, 32], critic [64, 64],
     lr 2e-3, 16 critic iterations x 4 minibatches, target alpha 0.2; 64 envs are the loop's --num-envs),
-    with our Mish + LayerNorm layers instead of ELU."""
+    with DiffRL's layers (Linear -> ELU -> LayerNorm, PyTorch's init; see `actor_critic.LAYERS`) and a
+    zero mean head."""
 
     actor_critic: ac.ActorCriticConfig = ac.ActorCriticConfig(
         actor_hidden=(128, 64, 32), critic_hidden=(64, 64), num_critics=1, actor_lr=2e-3, critic_lr=2e-3,
-        critic_grad_clip=1.0, critic_iterations=16, critic_minibatches=4, min_log_std=-5.0, lr_decay_updates=2_000)
+        critic_grad_clip=1.0, critic_iterations=16, critic_minibatches=4, min_log_std=-5.0, lr_decay_updates=2_000,
+        layers="linear-elu-norm")
     window: int = 32
     """Env steps differentiated through per actor update."""
     gamma: float = 0.99

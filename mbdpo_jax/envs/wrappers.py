@@ -95,7 +95,9 @@ class BackendAdapter:
     """Raw env over a backend env whose state has `obs`, `reward` and `done` (playground, brax).
 
     `EnvState.inner` holds the backend's state. Actions in [-1, 1] pass through `rescale_action`
-    of the actuator ranges; the backend's `done` is termination.
+    of the actuator ranges; the backend's `done` is termination, and so is a non-finite observation
+    or reward (diverged physics), whose reward counts 0: brax's fall tests (`|angle| > 0.2`) are
+    False for NaN, so a diverged pendulum would otherwise collect its full healthy reward.
     """
 
     def __init__(self, env: Any, spec: EnvSpec, ctrl_range: np.ndarray):
@@ -116,8 +118,10 @@ class BackendAdapter:
     def step(self, state: EnvState, action: jax.Array) -> EnvState:
         """One backend control step (its own physics substeps included)."""
         inner = strip_weak_type(self._step(state.inner, self._scale(action)))
-        return state.replace(inner=inner, obs=inner.obs, reward=inner.reward,
-                             done=inner.done.astype(state.done.dtype))
+        finite = jnp.all(jnp.isfinite(inner.obs)) & jnp.isfinite(inner.reward)
+        done = jnp.maximum(inner.done.astype(state.done.dtype), (~finite).astype(state.done.dtype))
+        return state.replace(inner=inner, obs=inner.obs, reward=jnp.where(finite, inner.reward, 0.0).astype(
+            inner.reward.dtype), done=done)
 
 
 class ActionRepeat:

@@ -5,8 +5,8 @@ differentiable physics, PWM (Georgiev et al., 2024) through a world model.
     targets = td_lambda_targets(rewards, next_values, ends, gamma, lam)     # SHAC Eq. 7
     critic_params, opt, loss = fit_critics(critics, tx, critic_params, opt, inputs, targets, ...)
 
-Pieces: a tanh-Gaussian actor with a state-independent log-std (Mish + LayerNorm MLP), an ensemble
-of value critics, TD(lambda) targets over a window whose last step always bootstraps, a running
+Pieces: a tanh-Gaussian actor with a state-independent log-std, an ensemble of value critics (both
+MLPs of one of two hidden-layer kinds, `LAYERS`), TD(lambda) targets over a window whose last step always bootstraps, a running
 mean/std of returns (the actor's loss scale), Adam with the papers' betas and a linear learning-rate
 decay, and the critic regression over several iterations of contiguous minibatches.
 """
@@ -22,6 +22,14 @@ import optax
 from flax import struct
 
 from mbdpo_jax.nn.layers import MLP, Ensemble
+
+LAYERS = ("linear-norm-mish", "linear-elu-norm")
+"""Hidden layers of the actor and critics. 'linear-norm-mish': TD-MPC2's NormedLinear (Linear with
+N(0, 0.02^2) weights -> LayerNorm -> Mish), as PWM, whose inputs are latent states. 'linear-elu-norm':
+DiffRL's SHAC layers (Linear with PyTorch's default init -> ELU -> LayerNorm). On raw low-dimensional
+observations the first kind is almost scale-invariant at initialisation (the LayerNorm right after a
+small zero-bias linear map normalises its input away: at init the actor's mean is the same at x and at
+x / 100), so near an equilibrium it cannot represent a feedback proportional to the state."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +53,8 @@ class ActorCriticConfig:
     critic_minibatches: int = 4
     init_log_std: float = -1.0
     min_log_std: float = -1.427
+    layers: str = "linear-norm-mish"
+    """Hidden-layer kind of actor and critics, one of `LAYERS`."""
 
     def validate(self) -> None:
         """One-line error naming the bad value and the allowed ones."""
@@ -54,6 +64,8 @@ class ActorCriticConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.final_lr <= min(self.actor_lr, self.critic_lr):
             raise ValueError(f"final-lr must be in [0, min(actor-lr, critic-lr)], got {self.final_lr}")
+        if self.layers not in LAYERS:
+            raise ValueError(f"layers must be one of {', '.join(LAYERS)}, got {self.layers!r}")
         if not 0 <= self.td_lambda < 1:
             raise ValueError(f"td-lambda must be in [0, 1), got {self.td_lambda}")
         if not all(0 <= b < 1 for b in self.betas):
@@ -63,18 +75,55 @@ class ActorCriticConfig:
                              f"{self.critic_hidden}")
 
 
+def torch_linear(features: int, fan_in: int, zero: bool = False) -> nn.Dense:
+    """A Linear layer initialised as PyTorch's nn.Linear: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    The non-zero biases matter: they keep the LayerNorm that follows from normalising the scale of a
+    small input away."""
+    if zero:
+        return nn.Dense(features, kernel_init=nn.initializers.zeros)
+    bound = fan_in ** -0.5
+    bias_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+    return nn.Dense(features, kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+                    bias_init=bias_init)
+
+
+class EluNormMLP(nn.Module):
+    """DiffRL's SHAC MLP: (Linear -> ELU -> LayerNorm) per hidden width, then a Linear head; PyTorch's
+    default init, except a zero head when `zero_last`."""
+
+    hidden: Sequence[int]
+    out_features: int
+    zero_last: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for width in self.hidden:
+            x = nn.LayerNorm(epsilon=1e-5)(nn.elu(torch_linear(width, x.shape[-1])(x)))
+        return torch_linear(self.out_features, x.shape[-1], self.zero_last)(x)
+
+
+def mlp(layers: str, hidden: Sequence[int], out_features: int, zero_last: bool = False) -> nn.Module:
+    """The MLP of a `LAYERS` kind; `zero_last` (a zero head) applies to 'linear-elu-norm' only."""
+    if layers == "linear-elu-norm":
+        return EluNormMLP(tuple(hidden), out_features, zero_last)
+    return MLP(tuple(hidden), out_features)
+
+
 class GaussianActor(nn.Module):
-    """Mean from a Mish + LayerNorm MLP, a state-independent log-std (clamped from below); actions are
+    """Mean from an MLP (`LAYERS`), a state-independent log-std (clamped from below); actions are
     tanh of a reparameterised Gaussian sample, no entropy term (PWM; SHAC)."""
 
     hidden: Sequence[int]
     action_size: int
     init_log_std: float = -1.0
     min_log_std: float = -1.427
+    layers: str = "linear-norm-mish"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        mean = MLP(tuple(self.hidden), self.action_size)(x)
+        # 'linear-elu-norm': a zero mean head, so the untrained policy is unbiased (PyTorch's default head
+        # gives a constant push of about 0.4 that topples brax/inverted-pendulum in 5 steps)
+        mean = mlp(self.layers, self.hidden, self.action_size, zero_last=True)(x)
         log_std = self.param("log_std", nn.initializers.constant(self.init_log_std), (self.action_size,))
         return mean, jnp.maximum(log_std, self.min_log_std)
 
@@ -87,14 +136,30 @@ def sample_action(mean: jax.Array, log_std: jax.Array, key: jax.Array, determini
 
 
 class ValueEnsemble(nn.Module):
-    """`size` value critics V_j(x), each a Mish + LayerNorm MLP; output [size, ...]."""
+    """`size` value critics V_j(x), each an MLP (`LAYERS`); output [size, ...]."""
 
     size: int
+    hidden: Sequence[int]
+    layers: str = "linear-norm-mish"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.layers == "linear-norm-mish":
+            return Ensemble(self.size, tuple(self.hidden), 1)(x)[..., 0]
+        batched = nn.vmap(_Head, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None,
+                          out_axes=0, axis_size=self.size)
+        return batched(self.layers, tuple(self.hidden))(x)
+
+
+class _Head(nn.Module):
+    """One critic of `ValueEnsemble` with 'linear-elu-norm' layers."""
+
+    layers: str
     hidden: Sequence[int]
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return Ensemble(self.size, tuple(self.hidden), 1)(x)[..., 0]
+        return mlp(self.layers, self.hidden, 1)(x)[..., 0]
 
 
 def td_lambda_targets(rewards: jax.Array, next_values: jax.Array, ends: jax.Array, gamma: Any,
@@ -164,8 +229,8 @@ def zero_if_not_finite(grads: Any) -> tuple[Any, jax.Array]:
 def networks(cfg: ActorCriticConfig, action_size: int
              ) -> tuple[GaussianActor, ValueEnsemble, optax.GradientTransformation, optax.GradientTransformation]:
     """(actor, critics, actor optimiser, critic optimiser) of a config."""
-    actor = GaussianActor(cfg.actor_hidden, action_size, cfg.init_log_std, cfg.min_log_std)
-    critics = ValueEnsemble(cfg.num_critics, cfg.critic_hidden)
+    actor = GaussianActor(cfg.actor_hidden, action_size, cfg.init_log_std, cfg.min_log_std, cfg.layers)
+    critics = ValueEnsemble(cfg.num_critics, cfg.critic_hidden, cfg.layers)
     return (actor, critics, adam_with_decay(cfg, cfg.actor_lr, cfg.actor_grad_clip),
             adam_with_decay(cfg, cfg.critic_lr, cfg.critic_grad_clip))
 
