@@ -16,7 +16,18 @@ where they are today's defaults, so each run's command says what it ran):
   (`--use-energy --distill-coef 0`);
 - `mbdpo-no-F`: the same without F (`--no-use-energy --distill-coef 0`);
 - `mbdpo-distill`: `mbdpo` with the planner's actions distilled into the prior (`--distill-coef 0.1`);
-- `tdmpc2`: MPPI (`--iterations`).
+- `tdmpc2`: MPPI (`--iterations`);
+- `pwm`, `shac`: the first-order learners with the laptop preset's settings (`FIRST_ORDER_SETTINGS`);
+  SHAC's chunks are whole windows of 16 envs x 8 steps, so its evaluation period rounds up to them
+  (6000 steps in 3 evaluations run as 3 x 2048 = 6144).
+
+`--previous OLD.json` fills the (task, variant) cells this study does not run from an earlier study's
+curves (same settings), and the table names the file; e.g. the 4-way study of 2026-12-02:
+
+    python -m benchmarks.study --tasks dmc/cartpole-swingup:6000 --seeds 0 1 2 --variants pwm shac ...
+    python -m benchmarks.study --tasks dmc/cartpole-balance:6000 --seeds 0 1 2 --variants pwm shac tdmpc2 mbdpo ...
+    python -m benchmarks.study --tasks dmc/cartpole-swingup:6000 dmc/cartpole-balance:6000 --seeds 0 1 2 \
+        --variants pwm shac tdmpc2 mbdpo --report-only --previous benchmarks/results/2026-12-02-cpu-study-swingup.json ...
 
 An existing run directory whose config.json (format 2: {"format", "algo", "agent", "loop"}) does
 not hold its variant's algorithm and settings, e.g. one written by an older mbdpo_jax, stops the
@@ -75,6 +86,9 @@ class StudyConfig:
     """Path prefix of the .json, .md and .png results."""
     report_only: bool = False
     """Only aggregate runs that already exist."""
+    previous: tuple[str, ...] = ()
+    """Study JSON files (an earlier `--out`.json) whose curves fill the (task, variant) cells this study
+    does not run; the table and the JSON say which file each cell comes from."""
 
 
 VARIANTS = {
@@ -119,10 +133,26 @@ def run_dir(cfg: StudyConfig, task: str, variant: str, seed: int) -> Path:
     return Path(cfg.runs_dir) / task.replace("/", "_") / variant / f"seed{seed}"
 
 
+def env_steps_per_chunk(variant: str) -> int:
+    """The env steps a variant's training chunk must be a multiple of: SHAC's whole windows of
+    num_envs x window agent steps, 1 for the others."""
+    settings = FIRST_ORDER_SETTINGS.get(variant, {})
+    return settings.get("num_envs", 1) * settings.get("window", 1)
+
+
+def variant_budget(cfg: StudyConfig, steps: int, variant: str) -> tuple[int, int]:
+    """(env steps, eval every) of a variant's run: steps / evals_per_run per evaluation, rounded up to
+    whole chunks where the variant needs them (SHAC: 6000 steps in 3 evaluations run 3 x 2048 = 6144)."""
+    unit = env_steps_per_chunk(variant)
+    every = -(-(steps // cfg.evals_per_run) // unit) * unit
+    return every * cfg.evals_per_run if unit > 1 else steps, every
+
+
 def run_settings(cfg: StudyConfig, task: str, steps: int, variant: str, seed: int) -> tuple[str, dict]:
     """(algorithm, every setting the run's command sets, by flag name)."""
     algo, own = VARIANTS[variant](cfg)
-    return algo, {"env": task, "steps": steps, "eval_every": steps // cfg.evals_per_run, "seed": seed,
+    steps, every = variant_budget(cfg, steps, variant)
+    return algo, {"env": task, "steps": steps, "eval_every": every, "seed": seed,
                   "run_dir": str(run_dir(cfg, task, variant, seed)), "progress": False,
                   **FIRST_ORDER_SETTINGS.get(variant, SHARED_SETTINGS), **own}
 
@@ -182,20 +212,37 @@ def read_curve(path: Path) -> dict:
             "wall_time": float(rows[-1]["wall_time"]) if rows else float("nan")}
 
 
-def summarise(cfg: StudyConfig, curves: dict) -> str:
-    lines = ["| task | variant | seeds | final eval return | best eval return | mean of last 3 evals | wall time (s) |",
-             "|---|---|---|---|---|---|---|"]
+def merge_previous(curves: dict, previous: tuple[str, ...]) -> dict:
+    """Fill the empty (task, variant) cells of `curves` in place from earlier study JSON files (the
+    first file holding the cell wins); returns {(task, variant): file} of the cells filled."""
+    sources = {}
+    for path in previous:
+        earlier = json.loads(Path(path).read_text())["curves"]
+        for task, by_variant in curves.items():
+            for variant, runs in by_variant.items():
+                if not runs and earlier.get(task, {}).get(variant):
+                    by_variant[variant] = earlier[task][variant]
+                    sources[(task, variant)] = Path(path).name
+    return sources
+
+
+def summarise(cfg: StudyConfig, curves: dict, sources: dict | None = None) -> str:
+    sources = sources or {}
+    lines = ["| task | variant | seeds | env steps | final eval return | best eval return | mean of last 3 evals | "
+             "wall time (s) | runs |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for task, by_variant in curves.items():
         for variant, runs in by_variant.items():
             if not runs:
                 continue
+            steps = runs[0]["env_steps"][-1]
             final = np.array([r["eval_return"][-1] for r in runs])
             best = np.array([max(r["eval_return"]) for r in runs])
             last3 = np.array([np.mean(r["eval_return"][-3:]) for r in runs])
             wall = np.array([r["wall_time"] for r in runs])
             fmt = lambda a: f"{a.mean():.0f}" + (f" ± {a.std():.0f}" if len(a) > 1 else "")
-            lines.append(f"| {task} | {variant} | {len(runs)} | {fmt(final)} | {fmt(best)} | {fmt(last3)} | "
-                         f"{wall.mean():.0f} |")
+            lines.append(f"| {task} | {variant} | {len(runs)} | {steps} | {fmt(final)} | {fmt(best)} | {fmt(last3)} | "
+                         f"{wall.mean():.0f} | {sources.get((task, variant), 'this study')} |")
     return "\n".join(lines)
 
 
@@ -241,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                 if mismatch:
                     raise SystemExit(f"run directory {path} is not the {variant} variant ({mismatch}); "
                                      "pick another --runs-dir")
-                if cfg.report_only or finished(path, steps):
+                if cfg.report_only or finished(path, variant_budget(cfg, steps, variant)[0]):
                     continue
                 start = time.perf_counter()
                 print(f"[study] {task} {variant} seed {seed}", flush=True)
@@ -250,13 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     curves = {task: {variant: [read_curve(run_dir(cfg, task, variant, seed)) for seed in cfg.seeds
                                if (run_dir(cfg, task, variant, seed) / "metrics.csv").exists()]
                      for variant in cfg.variants} for task, _ in tasks}
+    sources = merge_previous(curves, cfg.previous)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = summarise(cfg, curves)
+    table = summarise(cfg, curves, sources)
     out.with_suffix(".json").write_text(json.dumps(
         {"benchmark": "study", "device": _device(), "config": dataclasses.asdict(cfg),
          "preset": PRESET, "shared_options": SHARED_OPTIONS,
-         "first_order_options": {v: flags(o) for v, o in FIRST_ORDER_SETTINGS.items()}, "commands": commands, "curves": curves}, indent=1) + "\n")
+         "first_order_options": {v: flags(o) for v, o in FIRST_ORDER_SETTINGS.items()}, "commands": commands, "curves": curves,
+         "previous_sources": {f"{t} {v}": f for (t, v), f in sources.items()}}, indent=1) + "\n")
     out.with_suffix(".md").write_text(table + "\n")
     plot(curves, out.with_suffix(".png"))
     print(table)

@@ -1,7 +1,7 @@
 """Learning checks of the first-order learner SHAC, through the true differentiable physics.
 
 Both run the laptop preset's settings (16 envs, 8-step windows) through the same jitted chunks
-as `python -m experiments.online shac`, shortened. The point-mass check runs in CI (about 1 minute);
+as `python -m experiments.online shac`, shortened. The point-mass check runs in CI (about 2 minutes);
 the inverted-pendulum one takes about 4 minutes on 2 cores and rests on one seed's evaluations, so it
 runs only with MBDPO_LONG_CHECKS=1 (the README's SHAC figures come from the experiment command).
 """
@@ -54,12 +54,14 @@ def final_distances(trainer, agent_state, num_episodes: int, key: jax.Array) -> 
 
 @pytest.mark.slow
 def test_shac_brings_the_point_mass_to_its_goal():
-    """toy/point-mass (start and goal uniform in [-1, 1]^2, so about 1.0 apart on average): after 61,440
-    env steps (3 chunks of the laptop preset's 10) the eval-mode policy ends at least 90% of 64 episodes
+    """toy/point-mass (start and goal uniform in [-1, 1]^2, so about 1.0 apart on average): after 122,880
+    env steps (6 chunks of the laptop preset's 10) the eval-mode policy ends at least 90% of 64 episodes
     within 0.1 of the goal, and the eval return (minus the summed distance over 100 steps; about -104
-    standing still) is above -20."""
+    standing still) is above -20. Measured on the CI machine (2026-12-02): eval returns -137, -85, -17,
+    -38, -9, -7, -8 after 0..6 chunks and 100% of episodes within 0.1 at 6 (11% at 3: the curve is
+    not monotone, and 3 chunks passed on another machine only)."""
     trainer = laptop_trainer("toy/point-mass")
-    carry, returns = train(trainer, chunks=3)
+    carry, returns = train(trainer, chunks=6)
     untrained = final_distances(trainer, jax.jit(trainer.init)(jax.random.PRNGKey(0)).agent, 64,
                                 jax.random.PRNGKey(7))
     distances = final_distances(trainer, carry.agent, 64, jax.random.PRNGKey(7))

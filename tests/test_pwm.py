@@ -167,3 +167,26 @@ def test_config_rejects_bad_values_naming_them():
         ac.ActorCriticConfig(td_lambda=1.0).validate()
     with pytest.raises(ValueError, match="critic-minibatches"):
         PWMConfig(actor_critic=ac.ActorCriticConfig(critic_minibatches=7)).validate()
+
+
+def test_multi_task_actions_keep_padded_dimensions_at_zero():
+    """In a multi-task model a task's padded action dimensions are 0, both in the env (act) and in the
+    imagined rollouts the actor is trained through, as they are in that task's data."""
+    spec = envs.make("toy/point-mass").spec  # 2 action dimensions; task 0 uses only the first
+    cfg = PWMConfig()
+    cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, model_size="tiny", batch_size=8, horizon=3),
+                              actor_critic=dataclasses.replace(cfg.actor_critic, actor_hidden=(16,),
+                                                               critic_hidden=(16,)))
+    agent = PWM(cfg, spec, num_tasks=2, action_masks=jnp.array([[1.0, 0.0], [1.0, 1.0]]))
+    state = agent.init(jax.random.PRNGKey(0))
+    obs = jnp.ones((spec.obs_size,))
+    for eval_mode in (True, False):
+        a0, _, _ = agent.act(state, obs, agent.initial_act_carry(), jax.random.PRNGKey(1), eval_mode, jnp.int32(0))
+        a1, _, _ = agent.act(state, obs, agent.initial_act_carry(), jax.random.PRNGKey(1), eval_mode, jnp.int32(1))
+        assert float(a0[1]) == 0.0 and float(a1[1]) != 0.0 and float(a0[0]) != 0.0
+    z0 = agent.model.encode(state.learner.params, jnp.ones((8, spec.obs_size)), jnp.zeros((8,), jnp.int32))
+    _, (traj, _) = agent._actor_loss(state.actor, state.critics, state.returns, state.learner.params, z0,
+                                     jax.random.PRNGKey(2), jnp.zeros((8,), jnp.int32))
+    assert traj.actions.shape == (3, 8, 2)
+    np.testing.assert_array_equal(traj.actions[..., 1], 0.0)
+    assert bool(jnp.all(traj.actions[..., 0] != 0.0))

@@ -38,9 +38,40 @@ def test_report_table_and_plot_from_run_directories(tmp_path):
     assert study.main(["--tasks", "toy/pendulum:100", "--seeds", "0", "1", "--variants", "mbdpo", "tdmpc2",
                        "--runs-dir", cfg.runs_dir, "--out", cfg.out, "--report-only"]) == 0
     table = (tmp_path / "out" / "s.md").read_text()
-    assert "| toy/pendulum | mbdpo | 2 | -150 ± 50 | -150 ± 50 | -550 ± 17 | 10 |" in table
+    assert "| toy/pendulum | mbdpo | 2 | 100 | -150 ± 50 | -150 ± 50 | -550 ± 17 | 10 | this study |" in table
     assert "tdmpc2" not in table  # no runs of it
     assert (tmp_path / "out" / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cells_not_run_are_filled_from_an_earlier_study_naming_its_file(tmp_path):
+    """--previous fills only the (task, variant) cells without runs of their own, and the table names
+    the file each filled cell comes from."""
+    import json
+
+    runs = str(tmp_path / "runs")
+    _write_metrics(study.run_dir(study.StudyConfig(runs_dir=runs), "toy/pendulum", "pwm", 0),
+                   [(0, 0.0, -1000.0), (100, 4.0, -400.0)])
+    earlier = {"curves": {"toy/pendulum": {
+        "tdmpc2": [{"env_steps": [0, 100], "eval_return": [-900.0, -200.0], "wall_time": 7.0}],
+        "pwm": [{"env_steps": [0, 100], "eval_return": [-900.0, 0.0], "wall_time": 1.0}]}}}
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    out = str(tmp_path / "s")
+    assert study.main(["--tasks", "toy/pendulum:100", "--seeds", "0", "--variants", "pwm", "tdmpc2", "--runs-dir",
+                       runs, "--out", out, "--report-only", "--previous", str(tmp_path / "earlier.json")]) == 0
+    table = (tmp_path / "s.md").read_text()
+    assert "| toy/pendulum | pwm | 1 | 100 | -400 | -400 | -700 | 4 | this study |" in table
+    assert "| toy/pendulum | tdmpc2 | 1 | 100 | -200 | -200 | -550 | 7 | earlier.json |" in table
+    assert json.loads((tmp_path / "s.json").read_text())["previous_sources"] == {"toy/pendulum tdmpc2": "earlier.json"}
+
+
+def test_shac_budgets_round_up_to_whole_windows_per_evaluation():
+    """SHAC's chunks are whole windows (16 envs x 8 steps = 128 env steps), so its evaluation period and
+    budget round up to them; the other variants keep the task's budget exactly."""
+    cfg = study.StudyConfig(evals_per_run=3)
+    assert study.variant_budget(cfg, 6000, "shac") == (6144, 2048)
+    assert study.variant_budget(cfg, 6144, "shac") == (6144, 2048)
+    assert study.variant_budget(cfg, 6000, "pwm") == (6000, 2000)
+    assert study.variant_budget(cfg, 6000, "tdmpc2") == (6000, 2000)
 
 
 def test_run_commands_name_the_algorithm_first_and_spell_out_the_variant():

@@ -96,10 +96,12 @@ class PWM:
 
     def act(self, state: PWMState, obs: jax.Array, carry: jax.Array, key: jax.Array, eval_mode: bool = False,
             task: Any = None) -> tuple[jax.Array, jax.Array, dict]:
-        """The actor's action at encode(obs): tanh of its mean in eval mode, of a Gaussian sample otherwise."""
+        """The actor's action at encode(obs): tanh of its mean in eval mode, of a Gaussian sample otherwise;
+        a multi-task model's padded action dimensions are 0."""
         z = self.model.encode(state.learner.params, obs, task)
         mean, log_std = self.actor.apply({"params": state.actor}, z)
-        return ac.sample_action(mean, log_std, key, eval_mode), carry, {}
+        action = ac.sample_action(mean, log_std, key, eval_mode) * self.model.action_mask(task)
+        return action, carry, {}
 
     def update(self, state: PWMState, batch: dict, key: jax.Array) -> tuple[PWMState, dict]:
         """A world-model step on the replayed sequences, then an actor-critic step on the updated model
@@ -133,9 +135,11 @@ class PWM:
                     key: jax.Array, task: Any):
         gamma, horizon = self.learner.discount_of(task), self.horizon
 
+        mask = self.model.action_mask(task)  # padded dims of a multi-task model stay 0, as in its data
+
         def policy(z, k):
             mean, log_std = self.actor.apply({"params": actor}, z)
-            return ac.sample_action(mean, log_std, k)
+            return ac.sample_action(mean, log_std, k) * mask
 
         traj = imagine(self.model, params, z0, policy, horizon, key, task)
         alive = self._alive(params, traj.latents, task)  # [H+1, B]

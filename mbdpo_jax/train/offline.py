@@ -149,8 +149,9 @@ def load_pretrained(run_dir: str | Path) -> tuple[PretrainConfig, TaskSet, Any]:
     cfg = from_dict(PretrainConfig, json.loads((run_dir / "config.json").read_text()))
     tasks = TaskSet(**{k: tuple(v) for k, v in json.loads((run_dir / TASKS_FILE).read_text()).items()})
     agent = build_agent(cfg.agent, tasks)
-    template = {"agent": agent.init(jax.random.PRNGKey(0)), "key": jax.random.PRNGKey(0),
-                "updates": jnp.zeros((), jnp.int32)}
+    # abstract shapes only: initialising the agent's parameters eagerly costs seconds for nothing
+    template = jax.eval_shape(lambda key: {"agent": agent.init(key), "key": key, "updates": jnp.zeros((), jnp.int32)},
+                              jax.random.PRNGKey(0))
     restored = checkpoint.restore_latest_good(checkpoints_dir(run_dir), template)
     if restored is None:
         raise ValueError(f"{run_dir} has no checkpoint to fine-tune from")
