@@ -137,7 +137,7 @@ def env_steps_per_chunk(variant: str) -> int:
     """The env steps a variant's training chunk must be a multiple of: SHAC's whole windows of
     num_envs x window agent steps, 1 for the others."""
     settings = FIRST_ORDER_SETTINGS.get(variant, {})
-    return settings.get("num_envs", 1) * settings.get("window", 1)
+    return settings["num_envs"] * settings["window"] if "window" in settings else 1
 
 
 def variant_budget(cfg: StudyConfig, steps: int, variant: str) -> tuple[int, int]:
