@@ -23,9 +23,12 @@ def test_every_setting_has_a_unique_flat_name_and_round_trips_through_config_jso
             assert hidden in names, hidden
         changed = replace_flat(cfg, rho=0.7, tau=0.02, discount=0.9, batch_size=33, env="toy/pendulum")
         assert changed.agent.learner.losses.rho == 0.7 and changed.loop.env == "toy/pendulum"
-    else:
+    elif "critic_iterations" in names:  # the first-order actor-critics
         changed = replace_flat(cfg, td_lambda=0.9, critic_iterations=3, env="toy/pendulum")
         assert changed.agent.actor_critic.td_lambda == 0.9 and changed.loop.env == "toy/pendulum"
+    else:  # the on-policy learners
+        changed = replace_flat(cfg, gae_lambda=0.9, epochs=3, env="toy/pendulum")
+        assert changed.agent.gae_lambda == 0.9 and changed.loop.env == "toy/pendulum"
     assert from_dict(OnlineConfig, json.loads(json.dumps(to_dict(changed)))) == changed
 
 
@@ -58,18 +61,19 @@ def test_run_directory_of_the_old_flat_config_is_refused_with_the_reason(tmp_pat
 @pytest.mark.parametrize("algo", ALGORITHMS)
 def test_registered_agents_follow_their_regimes_protocol(algo):
     """Every registered agent built from its default config provides what its training loop needs
-    (agents.protocols: OffPolicyAgent, or FirstOrderAgent when its regime says so), and inherits from
-    no other agent (composition)."""
+    (agents.protocols: OffPolicyAgent, or FirstOrderAgent / OnPolicyAgent when its regime says so), and
+    inherits from no other agent (composition)."""
     from mbdpo_jax.agents import make_agent
-    from mbdpo_jax.agents.protocols import FirstOrderAgent, OffPolicyAgent
+    from mbdpo_jax.agents.protocols import FirstOrderAgent, OffPolicyAgent, OnPolicyAgent
     from mbdpo_jax.envs.base import EnvSpec
 
     cfg = OnlineConfig(agent=config_class(algo)())
     if "model_size" in flat_fields(cfg):
         cfg = replace_flat(cfg, model_size="tiny")
     agent = make_agent(cfg.agent, EnvSpec("t", obs_size=3, action_size=1, episode_length=50, differentiable=True))
-    first_order = getattr(agent, "regime", "off_policy") == "first_order"
-    assert isinstance(agent, FirstOrderAgent if first_order else OffPolicyAgent)
+    protocol = {"first_order": FirstOrderAgent, "on_policy": OnPolicyAgent}.get(getattr(agent, "regime", ""),
+                                                                                OffPolicyAgent)
+    assert isinstance(agent, protocol)
     assert type(agent).__mro__[1:] == (object,)
 
 

@@ -153,7 +153,7 @@ def test_bad_config_fails_fast_with_one_line(flag, value, message, tmp_path):
 
 
 def test_unknown_algorithm_is_refused_naming_the_allowed_ones(tmp_path):
-    """`experiments.online ppo` fails with one line naming the registered algorithms."""
+    """`experiments.online nosuchalgo` fails with one line naming the registered algorithms."""
     out = subprocess.run([sys.executable, "-m", "experiments.online", "nosuchalgo", "--run-dir", str(tmp_path / "r")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2

@@ -17,6 +17,7 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "tdmpc2": ("mbdpo_jax.agents.tdmpc2", "TDMPC2Config", "TDMPC2"),
     "pwm": ("mbdpo_jax.agents.pwm", "PWMConfig", "PWM"),
     "shac": ("mbdpo_jax.agents.shac", "SHACConfig", "SHAC"),
+    "ppo": ("mbdpo_jax.agents.ppo", "PPOConfig", "PPO"),
 }
 ALGORITHMS = tuple(_REGISTRY)
 

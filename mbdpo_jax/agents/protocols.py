@@ -9,7 +9,7 @@ jit, vmap (over envs and seeds) and sit inside one compiled training chunk. Thre
   from one step to the next (a planner's warm start): the "act carry".
 * on-policy (`OnPolicyAgent`: PPO, DA-MDP): act, collect a rollout of num_envs x num_steps,
   `prepare` it once (advantages, TD(lambda) targets, soft rewards), then `update` on minibatches for
-  a few epochs.
+  a few epochs (`train.on_policy`).
 * first-order (`FirstOrderAgent`: SHAC): `update` differentiates through a short window of the
   environment itself and returns the env state it reached (`train.first_order`). PWM, which
   differentiates through a learned model instead, is an off-policy agent.
@@ -65,7 +65,23 @@ class OffPolicyAgent(Protocol):
 
 @runtime_checkable
 class OnPolicyAgent(Protocol):
-    """An agent trained on its own fresh rollouts (on-policy loop: rollouts, epochs, minibatches)."""
+    """An agent trained on its own fresh rollouts (`train.on_policy`: rollouts, epochs, minibatches).
+
+    Its class attribute `regime = "on_policy"` tells the runner to drive it with `train.on_policy`. A
+    trajectory holds, time-major [num_steps, num_envs, ...]: obs (acted on), action (sent to the env),
+    reward, done (termination), truncation, next_obs (the observation reached, the kept final one where
+    an episode ended) and every entry of `act`'s aux. `prepare` returns per-sample entries only
+    ([num_steps, num_envs, ...]); the loop flattens them and draws each minibatch as a random subset of
+    rows of every entry.
+    """
+
+    regime: str
+    num_steps: int
+    """Env steps per env in one rollout."""
+    epochs: int
+    """Passes over each prepared rollout."""
+    minibatches: int
+    """Minibatches per pass (they partition the rollout)."""
 
     def init(self, key: jax.Array) -> State:
         """Fresh agent state."""

@@ -8,7 +8,8 @@ differentiable physics, PWM (Georgiev et al., 2024) through a world model.
 Pieces: a tanh-Gaussian actor with a state-independent log-std, an ensemble of value critics (both
 MLPs of one of two hidden-layer kinds, `LAYERS`), TD(lambda) targets over a window whose last step always bootstraps, a running
 mean/std of returns (the actor's loss scale), Adam with the papers' betas and a linear learning-rate
-decay, and the critic regression over several iterations of contiguous minibatches.
+decay, and the critic regression over several iterations of contiguous minibatches. `gae` (generalised
+advantage estimation) serves the on-policy learners (PPO, and DA-MDP over augmented steps).
 """
 from __future__ import annotations
 
@@ -182,6 +183,34 @@ def td_lambda_targets(rewards: jax.Array, next_values: jax.Array, ends: jax.Arra
     return targets
 
 
+def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminations: jax.Array,
+        truncations: jax.Array, gamma: Any, lam: float) -> tuple[jax.Array, jax.Array]:
+    """Generalised advantage estimation over a rollout, time-major [T, ...] (Schulman et al., 2016, Eq. 16).
+
+    delta_t = r_t + gamma_t (1 - term_t) V(s'_t) - V(s_t) and A_t = delta_t + gamma_t lam (1 - end_t) A_{t+1},
+    where s'_t is the state transition t reached (the kept final observation when an episode ended there),
+    end = termination or truncation, and A_T = 0: a termination bootstraps 0, a truncation (and the last
+    step of the rollout) bootstraps V(s'_t), and no advantage flows across an episode boundary.
+    `next_values` are V(s'_t) as computed, without terminations zeroed; `gamma` is a scalar or an array
+    broadcasting to `rewards` (per-step discounts, e.g. 1 between the denoising steps of a DA-MDP).
+
+    Returns (advantages, returns = advantages + values: the TD(lambda) targets of V).
+    """
+    dtype = values.dtype
+    gamma = jnp.broadcast_to(jnp.asarray(gamma, dtype), rewards.shape)
+    terminations, truncations = terminations.astype(dtype), truncations.astype(dtype)
+    deltas = rewards + gamma * (1.0 - terminations) * next_values - values
+    carry_on = gamma * lam * (1.0 - jnp.maximum(terminations, truncations))
+
+    def back(a_next, step):
+        delta, c = step
+        a = delta + c * a_next
+        return a, a
+
+    _, advantages = jax.lax.scan(back, jnp.zeros_like(rewards[-1]), (deltas, carry_on), reverse=True)
+    return advantages, advantages + values
+
+
 @struct.dataclass
 class RunningMeanStd:
     """Running mean and variance of a statistic of shape `mean.shape` (parallel merge of batch moments,
@@ -193,7 +222,9 @@ class RunningMeanStd:
 
     @classmethod
     def create(cls, shape: tuple[int, ...] = ()) -> "RunningMeanStd":
-        return cls(jnp.zeros(shape), jnp.ones(shape), jnp.full((), 1e-4))
+        # an explicit dtype: a weak-typed count would come back strong from a checkpoint, and the resumed
+        # carry would no longer match the compiled chunk (a second compile)
+        return cls(jnp.zeros(shape), jnp.ones(shape), jnp.full((), 1e-4, jnp.result_type(float)))
 
     def update(self, x: jax.Array) -> "RunningMeanStd":
         """Merge the moments of the batch x [..., *shape] (all leading entries) into the running ones."""

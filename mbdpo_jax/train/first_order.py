@@ -2,7 +2,7 @@
 {roll the policy through the batched differentiable env -> backpropagate -> update}.
 
 Works with any `agents.protocols.FirstOrderAgent` (SHAC): the agent's `update` steps the envs
-itself, inside its gradient. `Carry` is the whole training state (agent, envs, key, counters), so a
+itself, inside its gradient. `batched.Carry` is the whole training state (agent, envs, key, counters), so a
 checkpoint is that pytree; the host loop (`train.host`) drives it like the off-policy loop.
 """
 from __future__ import annotations
@@ -12,11 +12,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 
-from mbdpo_jax.envs import reset_batch
-from mbdpo_jax.envs.base import Env, EnvState
-from mbdpo_jax.train import progress, rollout
+from mbdpo_jax.envs.base import Env
+from mbdpo_jax.train import batched, progress, rollout
+from mbdpo_jax.train.batched import Carry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,21 +37,9 @@ class FirstOrderLoopConfig:
         return self.steps_per_chunk // self.steps_per_window
 
     def validate(self) -> None:
-        if self.num_envs < 1 or self.window < 1 or self.eval_episodes < 1:
-            raise ValueError(f"need num_envs ({self.num_envs}), window ({self.window}) and eval_episodes "
-                             f"({self.eval_episodes}) >= 1")
-        if self.steps_per_chunk < self.steps_per_window or self.steps_per_chunk % self.steps_per_window:
-            raise ValueError(f"eval_every={self.steps_per_chunk} must be a positive multiple of num_envs x window "
-                             f"= {self.num_envs} x {self.window} = {self.steps_per_window} env steps")
-
-
-@struct.dataclass
-class Carry:
-    agent: Any
-    env: EnvState
-    key: jax.Array
-    env_steps: jax.Array  # transitions so far (all envs)
-    updates: jax.Array
+        """One-line error naming every bad value."""
+        batched.check_loop_settings("first-order", self, ("num_envs", "window", "eval_episodes"), self.steps_per_chunk,
+                                    self.steps_per_window, f"num_envs x window = {self.num_envs} x {self.window}")
 
 
 class FirstOrderTrainer:
@@ -63,9 +50,7 @@ class FirstOrderTrainer:
         self.agent, self.env, self.cfg = agent, env, cfg
 
     def init(self, key: jax.Array) -> Carry:
-        k_agent, k_env, k_loop = jax.random.split(key, 3)
-        return Carry(self.agent.init(k_agent), reset_batch(self.env, k_env, self.cfg.num_envs), k_loop,
-                     jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+        return batched.init_carry(self.agent, self.env, self.cfg.num_envs, key)
 
     def _window(self, carry: Carry, index: jax.Array) -> tuple[Carry, dict]:
         key, k_update = jax.random.split(carry.key)

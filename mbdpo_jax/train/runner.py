@@ -1,5 +1,5 @@
 """Online training from an experiment config: build the env, the agent and its regime's loop
-(off-policy or first-order), and hand them to the host loop (`train.host`).
+(off-policy, on-policy or first-order), and hand them to the host loop (`train.host`).
 
     run_dir = run_online(OnlineConfig(agent=MBDPOConfig(), loop=LoopOptions(env="toy/pendulum")))
 """
@@ -17,6 +17,7 @@ from mbdpo_jax.train import host
 from mbdpo_jax.train.config import LoopOptions, OnlineConfig, to_dict
 from mbdpo_jax.train.first_order import FirstOrderLoopConfig, FirstOrderTrainer
 from mbdpo_jax.train.off_policy import LoopConfig, OffPolicyTrainer
+from mbdpo_jax.train.on_policy import OnPolicyLoopConfig, OnPolicyTrainer
 from mbdpo_jax.train.run_dir import prepare_run_dir
 
 PROGRESS_REPORTS_PER_CHUNK = 20  # host callbacks per chunk: cost measured in benchmarks/progress_overhead.py
@@ -41,20 +42,35 @@ def first_order_loop_config(loop: LoopOptions, window: int) -> FirstOrderLoopCon
                                 eval_episodes=loop.eval_episodes, progress_every=every)
 
 
-def build_trainer(cfg: OnlineConfig) -> OffPolicyTrainer | FirstOrderTrainer:
-    """Validate the config, make the env and agent, and wire the agent's training regime (off-policy or
-    first-order, from the agent's `regime`; nothing compiles yet)."""
+def on_policy_loop_config(loop: LoopOptions, agent: Any) -> OnPolicyLoopConfig:
+    """The on-policy loop's static settings from the experiment options and the agent's rollout shape."""
+    iterations = loop.eval_every // max(1, loop.num_envs * agent.num_steps)
+    every = max(1, iterations // PROGRESS_REPORTS_PER_CHUNK) if loop.progress else 0
+    return OnPolicyLoopConfig(num_envs=loop.num_envs, num_steps=agent.num_steps, epochs=agent.epochs,
+                              minibatches=agent.minibatches, steps_per_chunk=loop.eval_every,
+                              eval_episodes=loop.eval_episodes, progress_every=every)
+
+
+Trainer = OffPolicyTrainer | OnPolicyTrainer | FirstOrderTrainer
+
+
+def build_trainer(cfg: OnlineConfig) -> Trainer:
+    """Validate the config, make the env and agent, and wire the agent's training regime (off-policy,
+    on-policy or first-order, from the agent's `regime`; nothing compiles yet)."""
     cfg.validate()
     env = envs.make(cfg.loop.env, action_repeat=cfg.loop.action_repeat)
     agent = make_agent(cfg.agent, env.spec)
-    if getattr(agent, "regime", "off_policy") == "first_order":
-        if cfg.loop.save_dataset:
-            raise ValueError(f"--save-dataset needs a replay, which {cfg.algo} (first-order) does not keep")
+    regime = getattr(agent, "regime", "off_policy")
+    if regime != "off_policy" and cfg.loop.save_dataset:
+        raise ValueError(f"--save-dataset needs a replay, which {cfg.algo} ({regime.replace('_', '-')}) does not keep")
+    if regime == "first_order":
         return FirstOrderTrainer(agent, env, first_order_loop_config(cfg.loop, agent.cfg.window))
+    if regime == "on_policy":
+        return OnPolicyTrainer(agent, env, on_policy_loop_config(cfg.loop, agent))
     return OffPolicyTrainer(agent, env, loop_config(cfg.loop, env.spec))
 
 
-def online_program(trainer: OffPolicyTrainer | FirstOrderTrainer, loop: LoopOptions,
+def online_program(trainer: Trainer, loop: LoopOptions,
                    initial_agent: Any = None) -> host.Program:
     """The host loop's view of online training (either regime's trainer). initial_agent: agent state to start from instead
     of a fresh one (fine-tuning); a resumed run restores its own."""
@@ -75,8 +91,8 @@ def online_program(trainer: OffPolicyTrainer | FirstOrderTrainer, loop: LoopOpti
                         label=loop.env)
 
 
-def train_online(trainer: OffPolicyTrainer, loop: LoopOptions, run_dir: Path, initial_agent: Any = None) -> Path:
-    """Run the host loop over off-policy chunks in a prepared run directory; returns it."""
+def train_online(trainer: Trainer, loop: LoopOptions, run_dir: Path, initial_agent: Any = None) -> Path:
+    """Run the host loop over the trainer's chunks in a prepared run directory; returns it."""
     carry = host.run_program(online_program(trainer, loop, initial_agent), run_dir, loop.progress)
     if loop.save_dataset:
         save_replay(run_dir / "dataset", carry.buffer, trainer.env.spec, source=f"replay of online run {run_dir}",
