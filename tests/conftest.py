@@ -1,5 +1,8 @@
-"""Shared fixtures: small, fast configurations for CPU tests."""
+"""Shared fixtures: small, fast configurations and tiny envs for CPU tests."""
+import jax.numpy as jnp
 import pytest
+
+from mbdpo_jax.envs.base import EnvSpec, EnvState
 
 from mbdpo_jax.agents import config_class
 from mbdpo_jax.train.config import LoopOptions, OnlineConfig, flat_fields, replace_flat
@@ -32,3 +35,24 @@ def pytest_configure(config):
     cache = os.environ.get("MBDPO_TEST_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "mbdpo-jax-tests"))
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+class FixedLengthEnv:
+    """obs = [step in episode, 1]; reward 1 per step; every episode ends after `length` steps, by
+    termination or by truncation, and restarts at 0 (the final observation [length, 1] is kept)."""
+
+    def __init__(self, length: int, terminate: bool):
+        self.length, self.terminate = length, terminate
+        self.spec = EnvSpec("test/fixed-length", 2, 1, length, terminates=terminate)
+
+    def reset(self, key):
+        z = jnp.zeros(())
+        obs = jnp.array([0.0, 1.0])
+        return EnvState(None, obs, z, z, z, obs, jnp.zeros((), jnp.int32), z, z, z, z, jnp.zeros((), jnp.int32), key)
+
+    def step(self, s, a):
+        count = s.obs[0] + 1
+        flag = (count >= self.length).astype(jnp.float32)
+        final = jnp.stack([count, 1.0])
+        return s.replace(obs=jnp.where(flag > 0, jnp.array([0.0, 1.0]), final), final_obs=final, reward=jnp.ones(()),
+                         done=flag * self.terminate, truncation=flag * (1 - self.terminate))

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import FixedLengthEnv
 from mbdpo_jax import envs
 from mbdpo_jax.agents.ppo import PPO, PPOConfig
-from mbdpo_jax.envs.base import EnvSpec, EnvState
 from mbdpo_jax.models.actor_critic import gae
 from mbdpo_jax.train import presets
 from mbdpo_jax.train.config import OnlineConfig, replace_flat
@@ -93,34 +93,13 @@ def test_ratios_are_exactly_one_on_the_first_minibatch():
     assert all(np.isfinite(float(v)) for v in metrics.values())
 
 
-class CountingEnv:
-    """obs = [step in episode, 1]; reward 1 per step; every episode ends after 3 steps, by termination or
-    by truncation, and restarts at 0 (the final observation [3, 1] is kept)."""
-
-    def __init__(self, terminate: bool):
-        self.terminate = terminate
-        self.spec = EnvSpec("test/counting", 2, 1, 3, terminates=terminate)
-
-    def reset(self, key):
-        z = jnp.zeros(())
-        obs = jnp.array([0.0, 1.0])
-        return EnvState(None, obs, z, z, z, obs, jnp.zeros((), jnp.int32), z, z, z, z, jnp.zeros((), jnp.int32), key)
-
-    def step(self, s, a):
-        count = s.obs[0] + 1
-        flag = (count >= 3).astype(jnp.float32)
-        final = jnp.stack([count, 1.0])
-        return s.replace(obs=jnp.where(flag > 0, jnp.array([0.0, 1.0]), final), final_obs=final, reward=jnp.ones(()),
-                         done=flag * self.terminate, truncation=flag * (1 - self.terminate))
-
-
 @pytest.mark.parametrize("terminate", [True, False])
 def test_prepare_cuts_at_termination_and_bootstraps_truncation_from_the_final_observation(terminate):
     """Rollouts of 7 steps through the loop's `collect` in episodes of 3: next_obs keeps the final
     observation [3, 1] where an episode ends while obs restarts at [0, 1]; with lambda = 0 the advantage
     at the end step is r - V(obs) after a termination and r + gamma V(final obs) - V(obs) after a truncation
     (no normalisation, so V is the raw network's)."""
-    env = CountingEnv(terminate)
+    env = FixedLengthEnv(3, terminate)
     trainer = small_trainer(env, num_envs=2, num_steps=7, minibatches=1, gae_lambda=0.0, reward_scale=1.0,
                             normalize_obs=False)
     carry = trainer.init(jax.random.PRNGKey(0))

@@ -18,6 +18,7 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "pwm": ("mbdpo_jax.agents.pwm", "PWMConfig", "PWM"),
     "shac": ("mbdpo_jax.agents.shac", "SHACConfig", "SHAC"),
     "ppo": ("mbdpo_jax.agents.ppo", "PPOConfig", "PPO"),
+    "da-mdp-ppo": ("mbdpo_jax.agents.da_mdp_ppo", "DAMDPPOConfig", "DAMDPPO"),
 }
 ALGORITHMS = tuple(_REGISTRY)
 

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -35,6 +34,8 @@ from flax import struct
 
 from mbdpo_jax.envs.base import EnvSpec
 from mbdpo_jax.models import actor_critic as ac
+from mbdpo_jax.models import policy_gradient as pg
+from mbdpo_jax.nn.layers import SwishMLP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,20 +85,6 @@ class PPOConfig:
         if not (self.policy_hidden and self.value_hidden and min(self.policy_hidden + self.value_hidden) > 0):
             raise ValueError(f"policy-hidden and value-hidden need positive widths, got {self.policy_hidden}, "
                              f"{self.value_hidden}")
-
-
-class SwishMLP(nn.Module):
-    """brax's MLP: Dense (LeCun uniform) -> swish per hidden width, then a Dense head."""
-
-    hidden: Sequence[int]
-    out_features: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        init = nn.initializers.lecun_uniform()
-        for width in self.hidden:
-            x = nn.swish(nn.Dense(width, kernel_init=init)(x))
-        return nn.Dense(self.out_features, kernel_init=init)(x)
 
 
 @struct.dataclass
@@ -187,27 +174,22 @@ class PPO:
         cfg = self.cfg
         loc, scale = self.distribution(params["policy"], minibatch["obs"])
         log_ratio = gaussian_log_prob(minibatch["raw_action"], loc, scale) - minibatch["log_prob"]
-        ratio = jnp.exp(log_ratio)
         adv = minibatch["advantage"]
         if cfg.normalize_advantages:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        policy_loss = -jnp.mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - cfg.clip_ratio, 1 + cfg.clip_ratio) * adv))
+            adv, _ = pg.normalized_advantages(adv)
+        policy_loss, _, diagnostics = pg.clipped_surrogate(log_ratio, adv, cfg.clip_ratio)
         value_loss = 0.5 * jnp.mean(jnp.square(self.value(params["value"], minibatch["obs"]) - minibatch["return"]))
         sample = loc + scale * jax.random.normal(key, loc.shape)
         entropy = jnp.mean(jnp.sum(0.5 + 0.5 * math.log(2 * math.pi) + jnp.log(scale) + tanh_log_det_jacobian(sample),
                                    axis=-1))
         total = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
         return total, {"total_loss": total, "policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
-                       "approx_kl": jnp.mean(ratio - 1.0 - log_ratio),
-                       "clip_fraction": jnp.mean((jnp.abs(ratio - 1.0) > cfg.clip_ratio).astype(jnp.float32)),
-                       "ratio_deviation_max": jnp.max(jnp.abs(ratio - 1.0)), "policy_std": jnp.mean(scale)}
+                       "policy_std": jnp.mean(scale), **diagnostics}
 
     def update(self, state: PPOState, minibatch: dict, key: jax.Array) -> tuple[PPOState, dict]:
         """One Adam step (global-norm clipped) on the minibatch's loss; the minibatch's raw observations
         are merged into the running statistics."""
-        params = {"policy": state.policy, "value": state.value}
-        grads, metrics = jax.grad(self.loss, has_aux=True)(params, minibatch, key)
-        updates, opt = self.tx.update(grads, state.opt, params)
-        params = optax.apply_updates(params, updates)
+        params, opt, metrics = pg.gradient_step(self.tx, self.loss, {"policy": state.policy, "value": state.value},
+                                                state.opt, minibatch, key)
         obs_stats = state.obs_stats.update(minibatch["raw_obs"]) if self.cfg.normalize_obs else state.obs_stats
-        return PPOState(params["policy"], params["value"], opt, obs_stats), {**metrics, "grad_norm": optax.tree.norm(grads)}
+        return PPOState(params["policy"], params["value"], opt, obs_stats), metrics

@@ -1,4 +1,5 @@
-"""Building blocks of TD-MPC2-style networks: NormedLinear + Mish, SimNorm, MLPs and ensembles."""
+"""Building blocks of TD-MPC2-style networks: NormedLinear + Mish, SimNorm, MLPs and ensembles; and
+brax's swish MLP (the on-policy learners' networks)."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -89,3 +90,17 @@ class Ensemble(nn.Module):
         return batched(self.hidden, self.out_features, dropout=self.dropout, zero_last=self.zero_last)(
             x, deterministic
         )
+
+
+class SwishMLP(nn.Module):
+    """brax's MLP: Dense (LeCun uniform) -> swish per hidden width, then a Dense head (PPO, DA-MDP:PPO)."""
+
+    hidden: Sequence[int]
+    out_features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.lecun_uniform()
+        for width in self.hidden:
+            x = nn.swish(nn.Dense(width, kernel_init=init)(x))
+        return nn.Dense(self.out_features, kernel_init=init)(x)

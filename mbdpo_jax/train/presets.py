@@ -40,6 +40,13 @@ LAPTOP_AGENT = {
     # (4: 615, 645, 630); learning rate 1e-3 (3e-4: 360, 554, 460).
     "ppo": dict(num_steps=64, epochs=8, minibatches=8, policy_hidden=(64, 64), value_hidden=(64, 64),
                 reward_scale=1.0),
+    # DA-MDP:PPO: 4 denoising steps, small score and value nets, gamma 0.9975 and lambda 0.99 per denoising
+    # step (0.99 and 0.96 per env step), HL-Gauss bins on [-100, 400] (returns of 4-step action-repeat DMC
+    # rewards up to ~400; toy/pendulum's discounted returns reach about -750, so pass --v-min there), lr 1e-3
+    # (measured runs: tests/test_da_mdp_ppo.py).
+    "da-mdp-ppo": dict(diffusion_steps=4, score_hidden=(64, 64), value_hidden=(64, 64), num_bins=101,
+                       v_min=-100.0, v_max=400.0, num_steps=32, epochs=8, minibatches=8, learning_rate=1e-3,
+                       gamma=0.9975, gae_lambda=0.99),
 }
 
 
@@ -47,9 +54,14 @@ LAPTOP_AGENT = {
 # On-policy learners likewise: chunks are whole rollouts of num_envs x num_steps.
 ALGO_LOOP = {"shac": dict(num_envs=64, steps=4_096_000, eval_every=20_480),  # 10 windows of 64 x 32
              # Playground's DMC PPO: 2048 envs, ~60M steps, 10 evaluations; rollouts of 2048 x 480 steps
-             "ppo": dict(num_envs=2048, steps=58_982_400, eval_every=5_898_240)}
+             "ppo": dict(num_envs=2048, steps=58_982_400, eval_every=5_898_240),
+             # DA-MDP:PPO (reference: 2048 envs, 50M steps): 10 evaluations of 153 rollouts of 2048 x 16 env steps
+             # (128 augmented steps each at K = 8)
+             "da-mdp-ppo": dict(num_envs=2048, steps=50_135_040, eval_every=5_013_504)}
 LAPTOP_ALGO_LOOP = {"shac": dict(num_envs=16, steps=204_800, eval_every=20_480),  # 160 windows of 16 x 8
-                    "ppo": dict(num_envs=32, steps=307_200, eval_every=20_480)}  # 150 rollouts of 32 x 64
+                    "ppo": dict(num_envs=32, steps=307_200, eval_every=20_480),  # 150 rollouts of 32 x 64
+                    # DA-MDP:PPO: 500 rollouts of 16 x 32 (dmc/cartpole-balance, seed 0: training return ~990 by 225k)
+                    "da-mdp-ppo": dict(num_envs=16, steps=256_000, eval_every=10_240)}
 
 
 def laptop_settings(algo: str) -> dict:
