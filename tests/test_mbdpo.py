@@ -173,12 +173,12 @@ def test_energy_trains_on_the_rolled_latents_with_the_pre_update_prior(monkeypat
     real_loss = agent.energy.loss
 
     def recording(params, x, real, prior_action, weight, key):
-        seen.update(x=x, real=real)
+        jax.debug.callback(lambda x, real: seen.update(x=x, real=real), x, real)  # the values F's loss sees
         return real_loss(params, x, real, prior_action, weight, key)
 
     monkeypatch.setattr(agent.energy, "loss", recording)
-    with jax.disable_jit():
-        agent.update(state, batch, jax.random.PRNGKey(2))
+    jax.block_until_ready(jax.jit(agent.update)(state, batch, jax.random.PRNGKey(2)))
+    jax.effects_barrier()
     params = state.learner.params
     _, (_, zs, _) = losses.world_model_loss(agent.model, agent.cfg.learner.losses, params, params["qs"], batch,
                                             jax.random.PRNGKey(0), agent.learner.discount)

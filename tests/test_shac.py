@@ -28,8 +28,10 @@ def fd_check(agent, env, num_envs, key=0):
     state = to64(agent.init(jax.random.PRNGKey(key)))
     env_state = envs.reset_batch(env, jax.random.PRNGKey(key + 1), num_envs)  # float64 when built under x64
     k = jax.random.PRNGKey(key + 2)
-    loss = jax.jit(lambda actor: agent.window_loss(actor, state, env, env_state, k)[0])
-    grad = jax.jit(jax.grad(lambda actor: agent.window_loss(actor, state, env, env_state, k)[0]))(state.actor)
+    # one compiled program for the gradient and the finite differences' values (compiling MJX twice is slow)
+    value_and_grad = jax.jit(jax.value_and_grad(lambda actor: agent.window_loss(actor, state, env, env_state, k)[0]))
+    loss = lambda actor: value_and_grad(actor)[0]
+    grad = value_and_grad(state.actor)[1]
     leaves, treedef = jax.tree.flatten(state.actor)
     direction = treedef.unflatten([jax.random.normal(jax.random.fold_in(k, i), x.shape, jnp.float64)
                                    for i, x in enumerate(leaves)])
