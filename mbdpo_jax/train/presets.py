@@ -64,9 +64,17 @@ LAPTOP_ALGO_LOOP = {"shac": dict(num_envs=16, steps=204_800, eval_every=20_480),
                     "da-mdp-ppo": dict(num_envs=16, steps=256_000, eval_every=10_240)}
 
 
+REPLAY_SETTINGS = ("updates_per_step", "seed_steps")
+"""Loop settings only the off-policy loop reads."""
+
+
 def laptop_settings(algo: str) -> dict:
-    """The settings the laptop preset changes for `algo` (loop and agent), by flag name."""
-    return {**LAPTOP_LOOP, **LAPTOP_ALGO_LOOP.get(algo, {}), **LAPTOP_AGENT.get(algo, {})}
+    """The settings the laptop preset changes for `algo` (loop and agent), by flag name. The learners
+    with loop settings of their own (LAPTOP_ALGO_LOOP: the first-order and on-policy ones) keep no
+    replay, so the replay's settings are left out of theirs."""
+    loop = LAPTOP_LOOP if algo not in LAPTOP_ALGO_LOOP else {
+        k: v for k, v in LAPTOP_LOOP.items() if k not in REPLAY_SETTINGS}
+    return {**loop, **LAPTOP_ALGO_LOOP.get(algo, {}), **LAPTOP_AGENT.get(algo, {})}
 
 
 def resolve(preset: str) -> str:

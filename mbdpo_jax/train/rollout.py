@@ -64,9 +64,9 @@ def evaluate_episodes(env: Env, agent: Any, agent_state: Any, key: jax.Array, nu
                       ) -> dict[str, jax.Array]:
     """`num_episodes` episodes in parallel, acting in eval mode (no exploration noise).
 
-    Returns 'eval_return' (mean undiscounted return of the first episode of each env) and
-    'eval_prior_divergence' (mean over the episodes' steps of the agent's aux 'prior_divergence',
-    0 when it reports none).
+    Returns 'eval_return' (mean undiscounted return of the first episode of each env) and, for agents
+    whose act reports an aux 'prior_divergence' (the latent planners), 'eval_prior_divergence' (its mean
+    over the episodes' steps).
     """
     n = num_episodes
     k_reset, k_run = jax.random.split(key)
@@ -78,8 +78,8 @@ def evaluate_episodes(env: Env, agent: Any, agent_state: Any, key: jax.Array, nu
         s = rollout_step(env, policy, next_carry, env_state, act_carry, k)
         returns = returns + s.next.reward * (1.0 - finished)
         ended = jnp.maximum(s.next.done, s.next.truncation)
-        divergence = s.aux.get("prior_divergence", jnp.zeros(n)).mean()
+        divergence = {"eval_prior_divergence": s.aux["prior_divergence"].mean()} if "prior_divergence" in s.aux else {}
         return (s.next, s.act_carry, returns, jnp.maximum(finished, ended)), divergence
 
     (_, _, returns, _), divergence = jax.lax.scan(step, init, jax.random.split(k_run, env.spec.episode_length))
-    return {"eval_return": returns.mean(), "eval_prior_divergence": divergence.mean()}
+    return {"eval_return": returns.mean(), **jax.tree.map(jnp.mean, divergence)}
