@@ -1,4 +1,5 @@
 """Shared fixtures: small, fast configurations and tiny envs for CPU tests."""
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -56,3 +57,27 @@ class FixedLengthEnv:
         final = jnp.stack([count, 1.0])
         return s.replace(obs=jnp.where(flag > 0, jnp.array([0.0, 1.0]), final), final_obs=final, reward=jnp.ones(()),
                          done=flag * self.terminate, truncation=flag * (1 - self.terminate))
+
+
+def laptop_trainer(algo: str, env: str, **changes):
+    """The trainer `python -m experiments.online <algo> --preset laptop --env <env>` would build (flags:
+    `changes`), without a progress bar."""
+    from mbdpo_jax.train import presets
+    from mbdpo_jax.train.runner import build_trainer
+
+    agent, loop = presets.preset_defaults("laptop", algo)
+    cfg = replace_flat(OnlineConfig(agent=agent, loop=loop), env=env, progress=False, **changes)
+    return build_trainer(presets.finalize("laptop", cfg))
+
+
+def train_and_evaluate(trainer, chunks: int, seed: int = 0):
+    """`chunks` jitted training chunks from a fresh carry of PRNGKey(seed); returns the final carry and
+    the eval return before training and after each chunk."""
+    key = jax.random.PRNGKey(seed)
+    chunk, evaluate = jax.jit(trainer.train_chunk), jax.jit(trainer.evaluate)
+    carry = jax.jit(trainer.init)(key)
+    returns = [float(evaluate(carry.agent, jax.random.fold_in(key, 0))["eval_return"])]
+    for i in range(chunks):
+        carry, _ = chunk(carry)
+        returns.append(float(evaluate(carry.agent, jax.random.fold_in(key, i + 1))["eval_return"]))
+    return carry, returns

@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FixedLengthEnv, tiny_online_config
+from conftest import FixedLengthEnv, laptop_trainer, tiny_online_config, train_and_evaluate
 from mbdpo_jax import envs
 from mbdpo_jax.agents.da_mdp_ppo import DAMDPPO, DAMDPPOConfig
 from mbdpo_jax.envs.diffusion_augmented import entropy_estimate
 from mbdpo_jax.models import hl_gauss
-from mbdpo_jax.train import host, presets
-from mbdpo_jax.train.config import OnlineConfig, replace_flat
+from mbdpo_jax.train import host
+from mbdpo_jax.train.config import OnlineConfig
 from mbdpo_jax.train.on_policy import OnPolicyLoopConfig, OnPolicyTrainer
 from mbdpo_jax.train.runner import build_trainer
 
@@ -182,16 +182,7 @@ def test_da_mdp_ppo_learns_to_balance_the_cartpole():
     (loop seeds 0-2 with PRNGKey(seed); untrained, then after each chunk): 239 / 418 557 824 922;
     235 / 396 485 529 566; 241 / 289 396 513 604 (this test is seed 0). About 105 s on 2 cores, most of
     it compiling."""
-    agent, loop = presets.preset_defaults("laptop", "da-mdp-ppo")
-    cfg = replace_flat(OnlineConfig(agent=agent, loop=loop), env="dmc/cartpole-balance", progress=False,
-                       eval_episodes=16, eval_every=40_960)
-    trainer = build_trainer(presets.finalize("laptop", cfg))
-    key = jax.random.PRNGKey(0)
-    chunk, evaluate = jax.jit(trainer.train_chunk), jax.jit(trainer.evaluate)
-    carry = jax.jit(trainer.init)(key)
-    returns = [float(evaluate(carry.agent, jax.random.fold_in(key, 0))["eval_return"])]
-    for i in range(4):
-        carry, _ = chunk(carry)
-        returns.append(float(evaluate(carry.agent, jax.random.fold_in(key, i + 1))["eval_return"]))
+    carry, returns = train_and_evaluate(laptop_trainer("da-mdp-ppo", "dmc/cartpole-balance", eval_episodes=16,
+                                                       eval_every=40_960), chunks=4)
     assert int(carry.env_steps) == 163_840
     assert returns[0] < 300 and max(returns[-2:]) > 450, returns

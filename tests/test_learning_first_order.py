@@ -11,28 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import laptop_trainer, train_and_evaluate
 
 from mbdpo_jax.envs import reset_batch
-from mbdpo_jax.train import presets, rollout
-from mbdpo_jax.train.config import OnlineConfig, replace_flat
-from mbdpo_jax.train.runner import build_trainer
-
-
-def laptop_trainer(env: str, **changes):
-    agent, loop = presets.preset_defaults("laptop", "shac")
-    return build_trainer(replace_flat(OnlineConfig(agent=agent, loop=loop), env=env, progress=False, **changes))
-
-
-def train(trainer, chunks: int, seed: int = 0):
-    """`chunks` chunks of the first-order loop; returns the carry and the eval return after each."""
-    key = jax.random.PRNGKey(seed)
-    chunk, evaluate = jax.jit(trainer.train_chunk), jax.jit(trainer.evaluate)
-    carry = jax.jit(trainer.init)(key)
-    returns = [float(evaluate(carry.agent, jax.random.fold_in(key, 0))["eval_return"])]
-    for i in range(chunks):
-        carry, _ = chunk(carry)
-        returns.append(float(evaluate(carry.agent, jax.random.fold_in(key, i + 1))["eval_return"]))
-    return carry, returns
+from mbdpo_jax.train import rollout
 
 
 def final_distances(trainer, agent_state, num_episodes: int, key: jax.Array) -> np.ndarray:
@@ -60,8 +42,8 @@ def test_shac_brings_the_point_mass_to_its_goal():
     standing still) is above -20. Measured on the CI machine (2026-12-02): eval returns -137, -85, -17,
     -38, -9, -7, -8 after 0..6 chunks and 100% of episodes within 0.1 at 6 (11% at 3: the curve is
     not monotone, and 3 chunks passed on another machine only)."""
-    trainer = laptop_trainer("toy/point-mass")
-    carry, returns = train(trainer, chunks=6)
+    trainer = laptop_trainer("shac", "toy/point-mass")
+    carry, returns = train_and_evaluate(trainer, chunks=6)
     untrained = final_distances(trainer, jax.jit(trainer.init)(jax.random.PRNGKey(0)).agent, 64,
                                 jax.random.PRNGKey(7))
     distances = final_distances(trainer, carry.agent, 64, jax.random.PRNGKey(7))
@@ -77,7 +59,7 @@ def test_shac_balances_the_brax_inverted_pendulum():
     untrained policy falls within 100 steps; within 81,920 env steps (4 of the laptop preset's 10 chunks)
     an evaluation reaches a return of at least 500. Measured with seed 0: 24.5, 30.3, 1000, 411.8, 67.3
     (the full 204.8k-step run: 5 of 10 evaluations at 1000, the last 321; see the README)."""
-    trainer = laptop_trainer("brax/inverted-pendulum")
-    _, returns = train(trainer, chunks=4)
+    trainer = laptop_trainer("shac", "brax/inverted-pendulum")
+    _, returns = train_and_evaluate(trainer, chunks=4)
     assert returns[0] < 100, returns
     assert max(returns) >= 500, returns
