@@ -17,9 +17,15 @@ where they are today's defaults, so each run's command says what it ran):
 - `mbdpo-no-F`: the same without F (`--no-use-energy --distill-coef 0`);
 - `mbdpo-distill`: `mbdpo` with the planner's actions distilled into the prior (`--distill-coef 0.1`);
 - `tdmpc2`: MPPI (`--iterations`);
-- `pwm`, `shac`: the first-order learners with the laptop preset's settings (`FIRST_ORDER_SETTINGS`);
+- `pwm`, `shac`: the first-order learners with the laptop preset's settings (`LEARNER_SETTINGS`);
   SHAC's chunks are whole windows of 16 envs x 8 steps, so its evaluation period rounds up to them
-  (6000 steps in 3 evaluations run as 3 x 2048 = 6144).
+  (6000 steps in 3 evaluations run as 3 x 2048 = 6144);
+- `ppo`, `da-mdp-ppo`: the on-policy learners with the laptop preset's settings, whose chunks are whole
+  rollouts (32 x 64 and 16 x 32 env steps), e.g. the DA-MDP study of 2026-12-03:
+
+    python -m benchmarks.study --tasks dmc/cartpole-balance:204800 dmc/cartpole-swingup:204800 --seeds 0 1 2 \
+        --variants ppo da-mdp-ppo --evals-per-run 10 --runs-dir runs/study-damdp \
+        --out benchmarks/results/2026-12-03-cpu-study-da-mdp
 
 `--previous OLD.json` fills the (task, variant) cells this study does not run from an earlier study's
 curves (same settings), and the table names the file; e.g. the 4-way study of 2026-12-02:
@@ -56,15 +62,23 @@ SHARED_SETTINGS = {"model_size": "tiny", "num_envs": 4, "updates_per_step": 1.0,
                    "action_repeat": 4}
 """Settings of every planning run (mbdpo, tdmpc2 variants), by flag name (underscored). They are the laptop
 preset's today and are written out so that a later change of that preset does not change the study."""
-FIRST_ORDER_SETTINGS = {
+LEARNER_SETTINGS = {
     # the laptop preset's PWM settings; planner settings do not exist for it
     "pwm": {"model_size": "tiny", "num_envs": 4, "updates_per_step": 0.25, "batch_size": 64, "actor_hidden": (128, 64),
             "critic_hidden": (128, 128), "seed_steps": 1000, "eval_episodes": 4, "action_repeat": 4},
     # the laptop preset's SHAC settings: 16 envs x 8-step windows (eval-every must be a multiple of 128)
     "shac": {"num_envs": 16, "window": 8, "init_log_std": -2.0, "on_nonfinite": "skip", "eval_episodes": 4,
              "action_repeat": 4},
+    # the laptop preset's on-policy settings: rollouts of num_envs x num_steps (eval-every rounds up to them)
+    "ppo": {"num_envs": 32, "num_steps": 64, "epochs": 8, "minibatches": 8, "policy_hidden": (64, 64),
+            "value_hidden": (64, 64), "reward_scale": 1.0, "eval_episodes": 4, "action_repeat": 4},
+    "da-mdp-ppo": {"num_envs": 16, "num_steps": 32, "epochs": 8, "minibatches": 8, "diffusion_steps": 4,
+                   "score_hidden": (64, 64), "value_hidden": (64, 64), "num_bins": 101, "v_min": -100.0,
+                   "v_max": 400.0, "learning_rate": 1e-3, "gamma": 0.9975, "gae_lambda": 0.99, "eval_episodes": 4,
+                   "action_repeat": 4},
 }
-"""The first-order learners' settings, by variant; every run sees the same env steps, seeds and action repeat."""
+"""The first-order and on-policy learners' settings, by variant; every run sees the same env steps, seeds
+and action repeat."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +115,8 @@ VARIANTS = {
     "tdmpc2": lambda c: ("tdmpc2", {"iterations": c.iterations}),
     "pwm": lambda c: ("pwm", {}),
     "shac": lambda c: ("shac", {}),
+    "ppo": lambda c: ("ppo", {}),
+    "da-mdp-ppo": lambda c: ("da-mdp-ppo", {}),
 }
 
 
@@ -135,9 +151,11 @@ def run_dir(cfg: StudyConfig, task: str, variant: str, seed: int) -> Path:
 
 def env_steps_per_chunk(variant: str) -> int:
     """The env steps a variant's training chunk must be a multiple of: SHAC's whole windows of
-    num_envs x window agent steps, 1 for the others."""
-    settings = FIRST_ORDER_SETTINGS.get(variant, {})
-    return settings["num_envs"] * settings["window"] if "window" in settings else 1
+    num_envs x window agent steps, an on-policy learner's rollouts of num_envs x num_steps, 1 for the
+    others."""
+    settings = LEARNER_SETTINGS.get(variant, {})
+    per_env = settings.get("window", settings.get("num_steps"))
+    return settings["num_envs"] * per_env if per_env else 1
 
 
 def variant_budget(cfg: StudyConfig, steps: int, variant: str) -> tuple[int, int]:
@@ -154,7 +172,7 @@ def run_settings(cfg: StudyConfig, task: str, steps: int, variant: str, seed: in
     steps, every = variant_budget(cfg, steps, variant)
     return algo, {"env": task, "steps": steps, "eval_every": every, "seed": seed,
                   "run_dir": str(run_dir(cfg, task, variant, seed)), "progress": False,
-                  **FIRST_ORDER_SETTINGS.get(variant, SHARED_SETTINGS), **own}
+                  **LEARNER_SETTINGS.get(variant, SHARED_SETTINGS), **own}
 
 
 def command(cfg: StudyConfig, task: str, steps: int, variant: str, seed: int) -> list[str]:
@@ -304,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps(
         {"benchmark": "study", "device": _device(), "config": dataclasses.asdict(cfg),
          "preset": PRESET, "shared_options": SHARED_OPTIONS,
-         "first_order_options": {v: flags(o) for v, o in FIRST_ORDER_SETTINGS.items()}, "commands": commands, "curves": curves,
+         "first_order_options": {v: flags(o) for v, o in LEARNER_SETTINGS.items()}, "commands": commands, "curves": curves,
          "previous_sources": {f"{t} {v}": f for (t, v), f in sources.items()}}, indent=1) + "\n")
     out.with_suffix(".md").write_text(table + "\n")
     plot(curves, out.with_suffix(".png"))
