@@ -58,7 +58,9 @@ def test_shac_balances_the_brax_inverted_pendulum():
     """brax/inverted-pendulum on MJX (reward 1 per step until the pole passes 0.2 rad, at most 1000): the
     untrained policy falls within 100 steps; within 81,920 env steps (4 of the laptop preset's 10 chunks)
     an evaluation reaches a return of at least 500. Measured with seed 0: 24.5, 30.3, 1000, 411.8, 67.3
-    (the full 204.8k-step run: 5 of 10 evaluations at 1000, the last 321; see the README)."""
+    (the full 204.8k-step run: 5 of 10 evaluations at 1000, the last 321; see the README). On 2026-12-03's
+    machine the same code gave 24, 38, 57, then 2 (the actor saturated): this check fails there, so it
+    stays out of CI until SHAC balances the pole on more than one machine and seed."""
     trainer = laptop_trainer("shac", "brax/inverted-pendulum")
     _, returns = train_and_evaluate(trainer, chunks=4)
     assert returns[0] < 100, returns
