@@ -26,9 +26,10 @@ def test_every_setting_has_a_unique_flat_name_and_round_trips_through_config_jso
     elif "critic_iterations" in names:  # the first-order actor-critics
         changed = replace_flat(cfg, td_lambda=0.9, critic_iterations=3, env="toy/pendulum")
         assert changed.agent.actor_critic.td_lambda == 0.9 and changed.loop.env == "toy/pendulum"
-    else:  # the on-policy learners
-        changed = replace_flat(cfg, gae_lambda=0.9, epochs=3, env="toy/pendulum")
-        assert changed.agent.gae_lambda == 0.9 and changed.loop.env == "toy/pendulum"
+    else:  # the on-policy learners (PPO's GAE lambda, REPPO's TD(lambda))
+        lam = "gae_lambda" if "gae_lambda" in names else "td_lambda"
+        changed = replace_flat(cfg, **{lam: 0.9}, epochs=3, env="toy/pendulum")
+        assert getattr(changed.agent, lam) == 0.9 and changed.loop.env == "toy/pendulum"
     assert from_dict(OnlineConfig, json.loads(json.dumps(to_dict(changed)))) == changed
 
 

@@ -19,6 +19,8 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "shac": ("mbdpo_jax.agents.shac", "SHACConfig", "SHAC"),
     "ppo": ("mbdpo_jax.agents.ppo", "PPOConfig", "PPO"),
     "da-mdp-ppo": ("mbdpo_jax.agents.da_mdp_ppo", "DAMDPPOConfig", "DAMDPPO"),
+    "reppo": ("mbdpo_jax.agents.reppo", "REPPOConfig", "REPPO"),
+    "da-mdp-reppo": ("mbdpo_jax.agents.da_mdp_reppo", "DAMDPREPPOConfig", "DAMDPREPPO"),
 }
 ALGORITHMS = tuple(_REGISTRY)
 

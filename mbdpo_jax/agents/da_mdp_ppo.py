@@ -58,7 +58,7 @@ from mbdpo_jax.models import actor_critic as ac
 from mbdpo_jax.models import hl_gauss
 from mbdpo_jax.models import policy_gradient as pg
 from mbdpo_jax.nn.layers import SwishMLP
-from mbdpo_jax.policies.diffusion import MODES, SCHEDULES, DiffusionPolicy, DiffusionPolicyConfig
+from mbdpo_jax.policies.diffusion import MODES, SCHEDULES, DiffusionPolicy, DiffusionPolicyConfig, config_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,10 +152,7 @@ class DAMDPPOConfig:
 
     def policy_config(self) -> DiffusionPolicyConfig:
         """The diffusion chain's settings."""
-        return DiffusionPolicyConfig(
-            steps=self.diffusion_steps, sigma_0=self.sigma_0, dt_scale=self.dt_scale, dt_schedule=self.dt_schedule,
-            dt_min=self.dt_min, friction=self.friction, hidden=tuple(self.score_hidden),
-            time_features=self.time_features, time_out=self.time_out, last_layer_scale=self.last_layer_scale)
+        return config_of(self)
 
 
 @struct.dataclass

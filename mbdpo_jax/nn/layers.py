@@ -57,11 +57,13 @@ class MLP(nn.Module):
     out_activation: Callable[[jax.Array], jax.Array] | None = None
     dropout: float = 0.0
     zero_last: bool = False
+    activation: Callable[[jax.Array], jax.Array] = mish
+    """Of the hidden layers (TD-MPC2: Mish; REPPO's critic: swish)."""
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         for i, width in enumerate(self.hidden):
-            x = NormedLinear(width, dropout=self.dropout if i == 0 else 0.0)(x, deterministic)
+            x = NormedLinear(width, self.activation, dropout=self.dropout if i == 0 else 0.0)(x, deterministic)
         if self.out_activation is not None:
             return NormedLinear(self.out_features, activation=self.out_activation)(x)
         kernel_init = nn.initializers.zeros if self.zero_last else default_kernel_init

@@ -87,6 +87,16 @@ class DiffusionPolicyConfig:
                                  f"allowed: {allowed}")
 
 
+def config_of(cfg: Any) -> DiffusionPolicyConfig:
+    """The chain's settings from an agent config holding them under the flag names diffusion_steps, sigma_0,
+    dt_scale, dt_schedule, dt_min, friction, score_hidden, time_features, time_out, last_layer_scale
+    (DA-MDP:PPO's and DA-MDP:REPPO's)."""
+    return DiffusionPolicyConfig(
+        steps=cfg.diffusion_steps, sigma_0=cfg.sigma_0, dt_scale=cfg.dt_scale, dt_schedule=cfg.dt_schedule,
+        dt_min=cfg.dt_min, friction=cfg.friction, hidden=tuple(cfg.score_hidden), time_features=cfg.time_features,
+        time_out=cfg.time_out, last_layer_scale=cfg.last_layer_scale)
+
+
 def dt_init(cfg: DiffusionPolicyConfig) -> np.ndarray:
     """Initial per-step dt_t (after softplus), t = 0..K-1 (see the module docstring)."""
     t = np.arange(cfg.steps, dtype=np.float64)

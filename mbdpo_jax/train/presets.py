@@ -47,6 +47,16 @@ LAPTOP_AGENT = {
     "da-mdp-ppo": dict(diffusion_steps=4, score_hidden=(64, 64), value_hidden=(64, 64), num_bins=101,
                        v_min=-100.0, v_max=400.0, num_steps=32, epochs=8, minibatches=8, learning_rate=1e-3,
                        gamma=0.9975, gae_lambda=0.99),
+    # REPPO (Gaussian; measured on dmc/cartpole-balance, see tests/test_reppo.py): small actor and critic,
+    # HL-Gauss bins on [-100, 400] as da-mdp-ppo's, 64 envs x 16 steps (16 x 32: eval 568 at 61k steps, seed 0;
+    # 64 x 16: 549-784 from 31k), and multipliers that move 10x faster from alpha 0.1 (the laptop run makes
+    # ~1/30 of the paper's updates; at 3e-4 alpha barely moved from 0.01).
+    "reppo": dict(actor_hidden=(64, 64), critic_hidden=(64, 64), num_bins=101, v_min=-100.0, v_max=400.0,
+                  num_steps=16, epochs=4, minibatches=8, multiplier_lr=3e-3, init_alpha=0.1),
+    # DA-MDP:REPPO: da-mdp-ppo's small chain, critic and discounts.
+    "da-mdp-reppo": dict(diffusion_steps=4, score_hidden=(64, 64), critic_hidden=(64, 64), num_bins=101,
+                         v_min=-100.0, v_max=400.0, num_steps=32, epochs=4, minibatches=8, gamma=0.9975,
+                         td_lambda=0.99),
 }
 
 
@@ -57,11 +67,17 @@ ALGO_LOOP = {"shac": dict(num_envs=64, steps=4_096_000, eval_every=20_480),  # 1
              "ppo": dict(num_envs=2048, steps=58_982_400, eval_every=5_898_240),
              # DA-MDP:PPO (reference: 2048 envs, 50M steps): 10 evaluations of 153 rollouts of 2048 x 16 env steps
              # (128 augmented steps each at K = 8)
-             "da-mdp-ppo": dict(num_envs=2048, steps=50_135_040, eval_every=5_013_504)}
+             "da-mdp-ppo": dict(num_envs=2048, steps=50_135_040, eval_every=5_013_504),
+             # REPPO (DA-MDP reference's REPPO batch): 10 evaluations of 38 rollouts of 1024 x 128 env steps
+             "reppo": dict(num_envs=1024, steps=49_807_360, eval_every=4_980_736),
+             # DA-MDP:REPPO (reference: 1024 envs, 50M steps): 10 evaluations of 304 rollouts of 1024 x 16 env steps
+             "da-mdp-reppo": dict(num_envs=1024, steps=49_807_360, eval_every=4_980_736)}
 LAPTOP_ALGO_LOOP = {"shac": dict(num_envs=16, steps=204_800, eval_every=20_480),  # 160 windows of 16 x 8
                     "ppo": dict(num_envs=32, steps=307_200, eval_every=20_480),  # 150 rollouts of 32 x 64
                     # DA-MDP:PPO: 500 rollouts of 16 x 32 (dmc/cartpole-balance, seed 0: training return ~990 by 225k)
-                    "da-mdp-ppo": dict(num_envs=16, steps=256_000, eval_every=10_240)}
+                    "da-mdp-ppo": dict(num_envs=16, steps=256_000, eval_every=10_240),
+                    "reppo": dict(num_envs=64, steps=102_400, eval_every=10_240),  # 100 rollouts of 64 x 16
+                    "da-mdp-reppo": dict(num_envs=16, steps=102_400, eval_every=10_240)}
 
 
 REPLAY_SETTINGS = ("updates_per_step", "seed_steps")
