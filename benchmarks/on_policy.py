@@ -8,7 +8,7 @@ one compiled program. For each of our learners (`--algos`, built by `train.runne
 exactly what `experiments.online <algo>` runs) the report gives the chunk's compile seconds apart from
 its steady-state median and env steps/s, and for one minibatch gradient step XLA's FLOP count and the
 share of the float32 matmul peak measured in this run. Learners with a diffusion chain are timed once per `--diffusion-steps` K, and
-their cost per denoising step is given relative to the Gaussian PPO's whole step.
+their cost per denoising step is given relative to their Gaussian baseline's whole step (`BASELINE`).
 
 `brax_ppo` is brax's own PPO trainer (`brax.training.agents.ppo.train`) on the same MuJoCo Playground
 task built the same way (`impl="jax"`), with the same envs, unroll length, epochs, minibatch size and
@@ -38,8 +38,8 @@ from mbdpo_jax.train.runner import build_trainer
 @dataclasses.dataclass(frozen=True)
 class OnPolicyBench:
     env: str = "dmc/cartpole-balance"
-    algos: tuple[str, ...] = ("ppo", "da-mdp-ppo")
-    """Our on-policy learners to time."""
+    algos: tuple[str, ...] = ("ppo", "da-mdp-ppo", "reppo", "da-mdp-reppo")
+    """Our on-policy learners to time (a diffusion learner is compared with its Gaussian baseline, BASELINE)."""
     diffusion_steps: tuple[int, ...] = (4, 8, 16)
     """K of the learners that have a diffusion chain (one timing per K)."""
     num_envs: int = 32
@@ -50,8 +50,9 @@ class OnPolicyBench:
     iterations: int = 4
     """Iterations per timed chunk (brax: training steps per epoch)."""
     policy_hidden: tuple[int, ...] = (64, 64)
-    """Hidden widths of the Gaussian policy and of a diffusion policy's score net."""
+    """Hidden widths of the Gaussian policy (PPO's policy, REPPO's actor) and of a diffusion policy's score net."""
     value_hidden: tuple[int, ...] = (64, 64)
+    """Hidden widths of the value (PPO) or Q critic (REPPO)."""
     brax: bool = True
     """Also time brax's PPO."""
     repeats: int = 3
@@ -59,11 +60,16 @@ class OnPolicyBench:
     out: Optional[str] = None
 
 
+BASELINE = {"da-mdp-ppo": "ppo", "da-mdp-reppo": "reppo", "da-mdp-wpo": "reppo"}
+"""The Gaussian learner each diffusion learner is costed against (issue target: <= 1.2x per denoising step)."""
+
+
 def our_config(b: OnPolicyBench, algo: str, diffusion_steps: int | None) -> OnlineConfig:
     cfg = OnlineConfig(agent=config_class(algo)(), loop=LoopOptions())
     settings = dict(env=b.env, action_repeat=1, num_envs=b.num_envs, num_steps=b.num_steps, epochs=b.epochs,
                     minibatches=b.minibatches, eval_every=b.iterations * b.num_envs * b.num_steps,
-                    policy_hidden=b.policy_hidden, score_hidden=b.policy_hidden, value_hidden=b.value_hidden, progress=False,
+                    policy_hidden=b.policy_hidden, actor_hidden=b.policy_hidden, score_hidden=b.policy_hidden,
+                    value_hidden=b.value_hidden, critic_hidden=b.value_hidden, progress=False,
                     diffusion_steps=diffusion_steps)
     names = flat_fields(cfg)
     return replace_flat(cfg, **{k: v for k, v in settings.items() if k in names and v is not None})
@@ -111,10 +117,11 @@ def ours(b: OnPolicyBench, peak: float) -> dict:
             results[name] = {**chunk, "update": time_update(trainer, carry, b.repeats, peak)}
             if k is not None:
                 results[name]["diffusion_steps"] = k
-    gaussian = results.get("ppo")
     for name, r in results.items():
-        if gaussian and "diffusion_steps" in r:
-            r["cost_per_denoising_step_vs_ppo"] = r["seconds"] / r["diffusion_steps"] / gaussian["seconds"]
+        baseline = BASELINE.get(name.rsplit("_K", 1)[0])
+        if baseline in results and "diffusion_steps" in r:
+            r["baseline"] = baseline
+            r["cost_per_denoising_step_vs_baseline"] = r["seconds"] / r["diffusion_steps"] / results[baseline]["seconds"]
     return results
 
 

@@ -21,6 +21,7 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "da-mdp-ppo": ("mbdpo_jax.agents.da_mdp_ppo", "DAMDPPOConfig", "DAMDPPO"),
     "reppo": ("mbdpo_jax.agents.reppo", "REPPOConfig", "REPPO"),
     "da-mdp-reppo": ("mbdpo_jax.agents.da_mdp_reppo", "DAMDPREPPOConfig", "DAMDPREPPO"),
+    "da-mdp-wpo": ("mbdpo_jax.agents.da_mdp_wpo", "DAMDPWPOConfig", "DAMDPWPO"),
 }
 ALGORITHMS = tuple(_REGISTRY)
 

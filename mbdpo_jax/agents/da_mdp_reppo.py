@@ -233,6 +233,13 @@ class DAMDPREPPO:
 
     def loss(self, params: dict, minibatch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
         """Critic + pathwise actor + multiplier losses on env-step rows (see the module docstring)."""
+        critic_loss, critic_metrics = self.critic_loss(params, minibatch)
+        policy_loss, actor_metrics = self.actor_loss(params, minibatch, key)
+        total = critic_loss + policy_loss
+        return total, {"total_loss": total, "critic_loss": critic_loss, **critic_metrics, **actor_metrics}
+
+    def critic_loss(self, params: dict, minibatch: dict) -> tuple[jax.Array, dict]:
+        """The categorical critic's loss (with its auxiliary terms) on env-step rows, and its metrics."""
         cfg, K = self.cfg, self.K
         s, latents = minibatch["obs"], minibatch["latents"]
         B = s.shape[0]
@@ -242,10 +249,17 @@ class DAMDPREPPO:
         following = jnp.concatenate([self.q_input(s[:, None], x[:, 1:], x_next[:, 1:], steps[:, 1:]),
                                      self.q_input(minibatch["next_obs"], minibatch["next_x0"], minibatch["next_x1"],
                                                   jnp.zeros((B,), jnp.int32))[:, None]], axis=1)
-        critic_loss, critic_metrics = reppo.critic_loss(
+        return reppo.critic_loss(
             self.q_net, params["critic"], self.q_input(s[:, None], x, x_next, steps), minibatch["target"], following,
             jnp.where(is_last, minibatch["reward"][:, None], 0.0), is_last & cfg.aux_loss, self.bins)
 
+    def actor_loss(self, params: dict, minibatch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
+        """The pathwise trust-region actor loss plus the multipliers' losses on env-step rows, and metrics."""
+        cfg, K = self.cfg, self.K
+        s, latents = minibatch["obs"], minibatch["latents"]
+        B = s.shape[0]
+        steps = jnp.broadcast_to(jnp.arange(K), (B, K))
+        x = latents[:, :K]
         k_step, k_kl = jax.random.split(key)
         policy = params["policy"]
         mean, scale = self.kernels(policy, s, x)
@@ -257,10 +271,8 @@ class DAMDPREPPO:
         entropy = -K * jnp.mean(log_ratio)
         policy_loss, actor_metrics = reppo.actor_and_multiplier_losses(params, log_ratio, q, kl, entropy,
                                                                        self.target_entropy, cfg.kl_bound)
-        total = critic_loss + policy_loss
         eta = jnp.square(scale[0]) / 2.0
-        return total, {"total_loss": total, "critic_loss": critic_loss, "eta_mean": jnp.mean(eta),
-                       **critic_metrics, **actor_metrics}
+        return policy_loss, {"eta_mean": jnp.mean(eta), **actor_metrics}
 
     def update(self, state: DAMDPREPPOState, minibatch: dict, key: jax.Array) -> tuple[DAMDPREPPOState, dict]:
         """One step of every loss; the minibatch's raw observations are merged into the running statistics."""

@@ -78,6 +78,11 @@ LAPTOP_ALGO_LOOP = {"shac": dict(num_envs=16, steps=204_800, eval_every=20_480),
                     "da-mdp-ppo": dict(num_envs=16, steps=256_000, eval_every=10_240),
                     "reppo": dict(num_envs=64, steps=102_400, eval_every=10_240),  # 100 rollouts of 64 x 16
                     "da-mdp-reppo": dict(num_envs=16, steps=102_400, eval_every=10_240)}
+# DA-MDP:WPO: DA-MDP:REPPO's batch and loop (the reference runs both with 1024 envs x 128 augmented steps for 50M
+# env steps), and on a laptop DA-MDP:REPPO's small chain, critic, discounts and loop.
+LAPTOP_AGENT["da-mdp-wpo"] = dict(LAPTOP_AGENT["da-mdp-reppo"])
+ALGO_LOOP["da-mdp-wpo"] = dict(ALGO_LOOP["da-mdp-reppo"])
+LAPTOP_ALGO_LOOP["da-mdp-wpo"] = dict(LAPTOP_ALGO_LOOP["da-mdp-reppo"])
 
 
 REPLAY_SETTINGS = ("updates_per_step", "seed_steps")
