@@ -38,7 +38,7 @@ from mbdpo_jax.train.runner import build_trainer
 @dataclasses.dataclass(frozen=True)
 class OnPolicyBench:
     env: str = "dmc/cartpole-balance"
-    algos: tuple[str, ...] = ("ppo", "da-mdp-ppo", "reppo", "da-mdp-reppo")
+    algos: tuple[str, ...] = ("ppo", "da-mdp-ppo", "reppo", "da-mdp-reppo", "da-mdp-wpo")
     """Our on-policy learners to time (a diffusion learner is compared with its Gaussian baseline, BASELINE)."""
     diffusion_steps: tuple[int, ...] = (4, 8, 16)
     """K of the learners that have a diffusion chain (one timing per K)."""

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from mbdpo_jax.analysis.deep_incoherence import IncoherenceConfig
 from mbdpo_jax.envs.base import EnvSpec
 from mbdpo_jax.models.classifier import ActionEnergy, EnergyConfig, Normalizer
 from mbdpo_jax.models.learner import LatentLearner, LearnerConfig, LearnerState
@@ -49,11 +50,14 @@ class MBDPOConfig:
     """Train an amortised score network s_phi(z, x_k, k) on Monte-Carlo score targets after each update."""
     score_only: bool = False
     """Plan by reverse diffusion on s_phi alone, without candidate rollouts (needs use_score_network)."""
+    incoherence: IncoherenceConfig = IncoherenceConfig()
+    """The prior's sampled incoherence against the Q ensemble, logged at evaluation (ours)."""
 
     def validate(self) -> None:
         self.learner.validate()
         self.planner.validate()
         self.energy.validate()
+        self.incoherence.validate()
         if self.eta < 0 or self.distill_coef < 0:
             raise ValueError(f"need eta ({self.eta}) and distill-coef ({self.distill_coef}) >= 0")
         if self.score_only and not self.use_score_network:
@@ -111,14 +115,15 @@ class MBDPO:
     def act(self, state: MBDPOState, obs: jax.Array, warm_start: jax.Array, key: jax.Array,
             eval_mode: bool = False, task: Any = None) -> tuple[jax.Array, jax.Array, dict]:
         """Reverse diffusion from one observation; with score_only, on s_phi alone (no candidates;
-        'prior_divergence' is then NaN: there is no sample-based planner distribution)."""
+        'prior_divergence' is then NaN: there is no sample-based planner distribution). In eval mode aux
+        also holds the prior's sampled 'incoherence' (`planners.latent.prior_incoherence`)."""
         params = state.learner.params
         if self.cfg.score_only:
             return self._act_score_only(state, obs, warm_start, key, eval_mode, task)
         planner = lambda k, value_fn, prior, warm, ev: mbd.plan(k, value_fn, prior, warm, self.cfg.planner, ev)
         return latent.plan_from_observation(self.model, params, obs, warm_start, key, planner,
                                             self.cfg.planner.num_pi_trajs, self.learner.discount_of(task), eval_mode,
-                                            task, self.step_bonus(state, task))
+                                            task, self.step_bonus(state, task), self.cfg.incoherence)
 
     def _act_score_only(self, state, obs, warm_start, key, eval_mode, task):
         z = self.model.encode(state.learner.params, obs, task)
@@ -126,6 +131,8 @@ class MBDPO:
         action, plan, aux = mbd.plan_score_only(key, score_fn, warm_start, self.cfg.planner, eval_mode)
         action, aux = latent.masked_to_task(self.model, action, aux, task)
         aux["prior_divergence"] = jnp.full((), jnp.nan, action.dtype)
+        aux.update(latent.incoherence_aux(self.model, state.learner.params, z, key, eval_mode, self.cfg.incoherence,
+                                          task))
         return action, plan, aux
 
     # ---- learning ---------------------------------------------------------------------------

@@ -52,8 +52,9 @@ class OffPolicyAgent(Protocol):
             eval_mode: bool = False) -> tuple[jax.Array, jax.Array, dict]:
         """One env's action in [-1, 1]: (action [A], act carry for `next_act_carry`, aux).
 
-        eval_mode: act without exploration noise. aux may hold 'prior_divergence' (logged at
-        evaluation) and the `replay_extras`.
+        eval_mode: act without exploration noise. aux may hold per-step diagnostics averaged at
+        evaluation ('prior_divergence', 'incoherence': `train.rollout.EVAL_AUX_MEANS`) and the
+        `replay_extras`.
         """
 
     def next_act_carry(self, act_carry: jax.Array, episode_started: jax.Array) -> jax.Array:

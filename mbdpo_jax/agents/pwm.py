@@ -18,6 +18,9 @@ critics, TD(lambda), return normalisation). The actor loss (PWM, Eq. 5):
 with gradients through the dynamics and the reward but not into the model's or the critics' parameters;
 sigma_R is a running std of those returns. The critics then fit TD(lambda) targets over the same
 imagined rollouts. It follows `agents.protocols.OffPolicyAgent`.
+
+At evaluation `act` also reports the actor's sampled incoherence (ours, `actor_incoherence`) against the
+one-step form of that objective, Q(z, a) = r_hat(z, a) + gamma min_j V_j(d(z, a)).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from mbdpo_jax.analysis.deep_incoherence import IncoherenceConfig, policy_incoherence
 from mbdpo_jax.envs.base import EnvSpec
 from mbdpo_jax.models import actor_critic as ac
 from mbdpo_jax.models.imagine import Imagined, imagine
@@ -42,10 +46,13 @@ class PWMConfig:
 
     learner: LearnerConfig = LearnerConfig(horizon=16, discount=0.99, losses=LossCoefficients(rho=0.99))
     actor_critic: ac.ActorCriticConfig = ac.ActorCriticConfig()
+    incoherence: IncoherenceConfig = IncoherenceConfig()
+    """The actor's sampled incoherence against its one-step Q, logged at evaluation (ours)."""
 
     def validate(self) -> None:
         self.learner.validate()
         self.actor_critic.validate()
+        self.incoherence.validate()
         if self.learner.batch_size * self.learner.horizon % self.actor_critic.critic_minibatches:
             raise ValueError(f"batch-size x horizon ({self.learner.batch_size} x {self.learner.horizon}) must "
                              f"divide into critic-minibatches={self.actor_critic.critic_minibatches}")
@@ -97,11 +104,36 @@ class PWM:
     def act(self, state: PWMState, obs: jax.Array, carry: jax.Array, key: jax.Array, eval_mode: bool = False,
             task: Any = None) -> tuple[jax.Array, jax.Array, dict]:
         """The actor's action at encode(obs): tanh of its mean in eval mode, of a Gaussian sample otherwise;
-        a multi-task model's padded action dimensions are 0."""
+        a multi-task model's padded action dimensions are 0. In eval mode with the estimate on, aux holds
+        'incoherence' (`actor_incoherence`, from a key folded from `key`)."""
         z = self.model.encode(state.learner.params, obs, task)
         mean, log_std = self.actor.apply({"params": state.actor}, z)
         action = ac.sample_action(mean, log_std, key, eval_mode) * self.model.action_mask(task)
-        return action, carry, {}
+        if not (eval_mode and self.cfg.incoherence.enabled):
+            return action, carry, {}
+        kappa = self.actor_incoherence(state, z, jax.random.fold_in(key, 0x1C0), task, (mean, log_std))
+        return action, carry, {"incoherence": kappa}
+
+    def one_step_q(self, state: PWMState, params: dict, z: jax.Array, actions: jax.Array, task: Any = None
+                   ) -> jax.Array:
+        """Q(z, a) = r_hat(z, a) + gamma alive(z') min_j V_j(z'), z' = d(z, a), for actions [N, A] at one z:
+        the actor's objective (`_actor_loss`) at horizon 1, before its division by the running return std
+        (alive: 0 after a predicted termination, episodic models only)."""
+        zs = jnp.broadcast_to(z, actions.shape[:-1] + z.shape)
+        z_next = self.model.next(params, zs, actions, task)
+        alive = self._alive(params, jnp.stack([zs, z_next]), task)[1]
+        v_next = jnp.min(self.critics.apply({"params": state.critics}, z_next), axis=0)
+        return self.model.reward_value(params, zs, actions, task) + self.learner.discount_of(task) * alive * v_next
+
+    def actor_incoherence(self, state: PWMState, z: jax.Array, key: jax.Array, task: Any = None,
+                          distribution: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        """Sampled KL(pi(.|z) || softmax(Q(z, .) / delta)) of the stochastic actor (its tanh-squashed
+        Gaussian, not the deterministic eval action tanh(mean)) against `one_step_q`
+        (`analysis.deep_incoherence.policy_incoherence`, an estimate, see there)."""
+        params = state.learner.params
+        mean, log_std = self.actor.apply({"params": state.actor}, z) if distribution is None else distribution
+        q_fn = lambda actions: self.one_step_q(state, params, z, actions, task)
+        return policy_incoherence(key, mean, log_std, q_fn, self.cfg.incoherence, self.model.action_mask(task))
 
     def update(self, state: PWMState, batch: dict, key: jax.Array) -> tuple[PWMState, dict]:
         """A world-model step on the replayed sequences, then an actor-critic step on the updated model

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mbdpo_jax.analysis.deep_incoherence import IncoherenceConfig
 from mbdpo_jax.envs.base import EnvSpec
 from mbdpo_jax.models.learner import LatentLearner, LearnerConfig, LearnerState
 from mbdpo_jax.planners import latent, mppi
@@ -27,10 +28,13 @@ class TDMPC2Config:
 
     learner: LearnerConfig = LearnerConfig()
     planner: mppi.MPPIConfig = mppi.MPPIConfig()
+    incoherence: IncoherenceConfig = IncoherenceConfig()
+    """The prior's sampled incoherence against the Q ensemble, logged at evaluation (ours)."""
 
     def validate(self) -> None:
         self.learner.validate()
         self.planner.validate()
+        self.incoherence.validate()
 
 
 class TDMPC2:
@@ -57,11 +61,12 @@ class TDMPC2:
 
     def act(self, state: LearnerState, obs: jax.Array, warm_start: jax.Array, key: jax.Array,
             eval_mode: bool = False, task: Any = None) -> tuple[jax.Array, jax.Array, dict]:
-        """MPPI from one observation; see `planners.latent.plan_from_observation` for aux."""
+        """MPPI from one observation; see `planners.latent.plan_from_observation` for aux (in eval mode
+        it includes the prior's sampled 'incoherence', `planners.latent.prior_incoherence`)."""
         planner = lambda k, value_fn, prior, warm, ev: mppi.plan(k, value_fn, prior, warm, self.cfg.planner, ev)
         return latent.plan_from_observation(self.model, state.params, obs, warm_start, key, planner,
                                             self.cfg.planner.num_pi_trajs, self.learner.discount_of(task),
-                                            eval_mode, task)
+                                            eval_mode, task, incoherence=self.cfg.incoherence)
 
     def update(self, state: LearnerState, batch: dict, key: jax.Array) -> tuple[LearnerState, dict]:
         """TD-MPC2's update: world model, prior, target Qs."""

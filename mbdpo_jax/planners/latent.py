@@ -11,6 +11,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from mbdpo_jax.analysis.deep_incoherence import IncoherenceConfig, policy_incoherence
 from mbdpo_jax.models import imagine
 from mbdpo_jax.models.world_model import WorldModel
 
@@ -43,13 +44,40 @@ def planner_prior_divergence(model: WorldModel, params: dict, z: jax.Array, acti
     return -jnp.sum(weights * log_pi) - entropy_q
 
 
+def prior_incoherence(model: WorldModel, params: dict, z: jax.Array, key: jax.Array, cfg: IncoherenceConfig,
+                      task: Any = None) -> jax.Array:
+    """Sampled KL(pi(.|z) || softmax(Q(z, .) / delta)) of the policy prior against the Q ensemble
+    (`analysis.deep_incoherence.policy_incoherence`, an estimate, see there).
+
+    Q is the one the prior's objective maximises (`losses.prior_loss`): the average of two randomly
+    drawn Q heads, one pair for all samples at z, here without dropout. log pi is the density of the
+    squashed action with the exact tanh Jacobian (`WorldModel.pi`'s log_prob floors 1 - a^2 at 1e-6;
+    they differ only for saturated actions), over the task's real action dimensions.
+    """
+    k_pi, k_q = jax.random.split(key)
+    mean, log_std = model.pi_distribution(params, z, task)
+    q_fn = lambda actions: model.q_value(params, jnp.broadcast_to(z, actions.shape[:-1] + z.shape), actions, k_q, task)
+    return policy_incoherence(k_pi, mean, log_std, q_fn, cfg, model.action_mask(task))
+
+
+def incoherence_aux(model: WorldModel, params: dict, z: jax.Array, key: jax.Array, eval_mode: bool,
+                    cfg: IncoherenceConfig | None, task: Any = None) -> dict:
+    """{'incoherence': `prior_incoherence`} when evaluating with the estimate on, else {}. Its key is
+    folded from the act key, so the planner's own draws (and actions) are unchanged."""
+    if not eval_mode or cfg is None or not cfg.enabled:
+        return {}
+    return {"incoherence": prior_incoherence(model, params, z, jax.random.fold_in(key, 0x1C0), cfg, task)}
+
+
 def plan_from_observation(model: WorldModel, params: dict, obs: jax.Array, warm_start: jax.Array, key: jax.Array,
                           planner: Planner, num_pi_trajs: int, gamma: Any, eval_mode: bool, task: Any = None,
-                          step_bonus: imagine.StepBonus | None = None) -> tuple[jax.Array, jax.Array, dict]:
+                          step_bonus: imagine.StepBonus | None = None,
+                          incoherence: IncoherenceConfig | None = None) -> tuple[jax.Array, jax.Array, dict]:
     """One env's planning call: (action [A], next warm start, aux).
 
     aux holds the planner's own entries plus 'plan_action' (masked, before exploration noise),
-    'planned' (1: the agent chose this action) and 'prior_divergence' (`planner_prior_divergence`).
+    'planned' (1: the agent chose this action), 'prior_divergence' (`planner_prior_divergence`) and,
+    in eval mode with `incoherence` on, 'incoherence' (`prior_incoherence`).
     """
     horizon = warm_start.shape[0]
     z = model.encode(params, obs, task)
@@ -58,6 +86,7 @@ def plan_from_observation(model: WorldModel, params: dict, obs: jax.Array, warm_
     action, plan, aux = planner(key, value_fn, prior_fn, warm_start, eval_mode)
     action, aux = masked_to_task(model, action, aux, task)
     aux["prior_divergence"] = planner_prior_divergence(model, params, z, aux["elites"][:, 0], aux["weights"], task)
+    aux.update(incoherence_aux(model, params, z, key, eval_mode, incoherence, task))
     return action, plan, aux
 
 

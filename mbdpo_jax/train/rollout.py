@@ -60,13 +60,19 @@ def initial_carries(agent: Any, n: int) -> Any:
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), carry0)
 
 
+EVAL_AUX_MEANS = ("prior_divergence", "incoherence")
+"""Per-step aux entries of an agent's eval-mode act that `evaluate_episodes` averages into 'eval_<name>':
+the latent planners' planner-vs-prior divergence, and the learned policy's sampled incoherence against
+its own critic (tdmpc2, mbdpo, pwm; `analysis.deep_incoherence`)."""
+
+
 def evaluate_episodes(env: Env, agent: Any, agent_state: Any, key: jax.Array, num_episodes: int
                       ) -> dict[str, jax.Array]:
     """`num_episodes` episodes in parallel, acting in eval mode (no exploration noise).
 
-    Returns 'eval_return' (mean undiscounted return of the first episode of each env) and, for agents
-    whose act reports an aux 'prior_divergence' (the latent planners), 'eval_prior_divergence' (its mean
-    over the episodes' steps).
+    Returns 'eval_return' (mean undiscounted return of the first episode of each env) and, for each aux
+    entry of `EVAL_AUX_MEANS` that the agent's act reports, 'eval_<name>': its mean over all envs and
+    steps of the evaluation.
     """
     n = num_episodes
     k_reset, k_run = jax.random.split(key)
@@ -78,8 +84,8 @@ def evaluate_episodes(env: Env, agent: Any, agent_state: Any, key: jax.Array, nu
         s = rollout_step(env, policy, next_carry, env_state, act_carry, k)
         returns = returns + s.next.reward * (1.0 - finished)
         ended = jnp.maximum(s.next.done, s.next.truncation)
-        divergence = {"eval_prior_divergence": s.aux["prior_divergence"].mean()} if "prior_divergence" in s.aux else {}
-        return (s.next, s.act_carry, returns, jnp.maximum(finished, ended)), divergence
+        means = {f"eval_{name}": s.aux[name].mean() for name in EVAL_AUX_MEANS if name in s.aux}
+        return (s.next, s.act_carry, returns, jnp.maximum(finished, ended)), means
 
-    (_, _, returns, _), divergence = jax.lax.scan(step, init, jax.random.split(k_run, env.spec.episode_length))
-    return {"eval_return": returns.mean(), **jax.tree.map(jnp.mean, divergence)}
+    (_, _, returns, _), means = jax.lax.scan(step, init, jax.random.split(k_run, env.spec.episode_length))
+    return {"eval_return": returns.mean(), **jax.tree.map(jnp.mean, means)}
