@@ -5,6 +5,7 @@
   minus the (smoothed) distance to the goal, 100-step episodes.
 - toy/multigoal: a 2-D point that starts near the origin and moves with velocity = action; four
   equally rewarding Gaussian goals at (+-1, +-1), 50-step episodes. A multimodal test bed.
+- toy/gmm-bandit, toy/double-well, toy/multi-well: the multimodal tasks of `envs.multimodal`.
 
 These are raw envs (see wrappers.py): they never reset themselves or terminate. Computations
 follow the default float dtype, so under `jax.enable_x64(True)` they run in float64. Reset
@@ -15,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mbdpo_jax.envs import multimodal
 from mbdpo_jax.envs.base import EnvSpec, EnvState
 from mbdpo_jax.envs.wrappers import initial_state
 
@@ -133,10 +135,10 @@ class MultiGoal:
                              done=jnp.zeros_like(state.done))
 
 
-_BUILDERS = {"pendulum": Pendulum, "point-mass": PointMass, "multigoal": MultiGoal}
+_BUILDERS = {"pendulum": Pendulum, "point-mass": PointMass, "multigoal": MultiGoal, **multimodal.BUILDERS}
 TASKS: tuple[str, ...] = tuple(sorted(_BUILDERS))
 
 
-def build(task: str) -> tuple[Pendulum | PointMass | MultiGoal, int]:
+def build(task: str) -> tuple[object, int]:
     """Return (raw env, default action repeat) for `toy/<task>`."""
     return _BUILDERS[task](f"toy/{task}"), 1
