@@ -100,11 +100,6 @@ def gaussian_log_prob(u: jax.Array, loc: jax.Array, scale: jax.Array) -> jax.Arr
     return jnp.sum(-0.5 * jnp.square((u - loc) / scale) - jnp.log(scale) - 0.5 * math.log(2 * math.pi), axis=-1)
 
 
-def tanh_log_det_jacobian(u: jax.Array) -> jax.Array:
-    """log |d tanh(u) / du| = 2 (log 2 - u - softplus(-2u)), per entry (stable for large |u|)."""
-    return 2.0 * (math.log(2.0) - u - jax.nn.softplus(-2.0 * u))
-
-
 class PPO:
     """PPO agent: static config + env spec; all methods are pure."""
 
@@ -180,8 +175,8 @@ class PPO:
         policy_loss, _, diagnostics = pg.clipped_surrogate(log_ratio, adv, cfg.clip_ratio)
         value_loss = 0.5 * jnp.mean(jnp.square(self.value(params["value"], minibatch["obs"]) - minibatch["return"]))
         sample = loc + scale * jax.random.normal(key, loc.shape)
-        entropy = jnp.mean(jnp.sum(0.5 + 0.5 * math.log(2 * math.pi) + jnp.log(scale) + tanh_log_det_jacobian(sample),
-                                   axis=-1))
+        log_jacobian = ac.tanh_log_det_jacobian(sample)
+        entropy = jnp.mean(jnp.sum(0.5 + 0.5 * math.log(2 * math.pi) + jnp.log(scale) + log_jacobian, axis=-1))
         total = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
         return total, {"total_loss": total, "policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
                        "policy_std": jnp.mean(scale), **diagnostics}

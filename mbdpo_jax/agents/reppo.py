@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from mbdpo_jax.agents.ppo import gaussian_log_prob, tanh_log_det_jacobian
+from mbdpo_jax.agents.ppo import gaussian_log_prob
 from mbdpo_jax.envs.base import EnvSpec
 from mbdpo_jax.models import actor_critic as ac
 from mbdpo_jax.models import hl_gauss
@@ -138,7 +138,7 @@ class REPPO:
         """(tanh(loc + scale noise), its log pi) at normalised states: reparameterised."""
         loc, scale = self.distribution(actor, s)
         u = loc + scale * noise
-        return jnp.tanh(u), gaussian_log_prob(u, loc, scale) - jnp.sum(tanh_log_det_jacobian(u), axis=-1)
+        return jnp.tanh(u), gaussian_log_prob(u, loc, scale) - jnp.sum(ac.tanh_log_det_jacobian(u), axis=-1)
 
     def q(self, critic: Any, s: jax.Array, action: jax.Array) -> jax.Array:
         """Q(s, a): the expected bin centre."""

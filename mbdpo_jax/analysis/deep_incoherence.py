@@ -53,6 +53,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from mbdpo_jax.models.actor_critic import tanh_log_det_jacobian
+
 
 PROPOSALS = ("mixture", "policy")
 
@@ -97,11 +99,6 @@ def sampled_incoherence(log_prob: jax.Array, q: jax.Array, delta: float | jax.Ar
     return logsumexp(w, axis=-1) - jnp.log(w.shape[-1])
 
 
-def squashed_log_jacobian(u: jax.Array) -> jax.Array:
-    """log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), exact also where tanh(u) rounds to +-1."""
-    return 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))
-
-
 def squashed_gaussian_samples(key: jax.Array, mean: jax.Array, log_std: jax.Array, num: int,
                               mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """`num` actions a = tanh(mean + exp(log_std) eps) [num, A] and their log-density on the action box
@@ -110,7 +107,7 @@ def squashed_gaussian_samples(key: jax.Array, mean: jax.Array, log_std: jax.Arra
     mask = jnp.ones_like(mean) if mask is None else jnp.broadcast_to(mask, mean.shape)
     eps = jax.random.normal(key, (num,) + mean.shape, mean.dtype)
     u = mean + jnp.exp(log_std) * eps
-    per_dim = -0.5 * eps**2 - log_std - 0.5 * jnp.log(2 * jnp.pi) - squashed_log_jacobian(u)
+    per_dim = -0.5 * eps**2 - log_std - 0.5 * jnp.log(2 * jnp.pi) - tanh_log_det_jacobian(u)
     return jnp.tanh(u) * mask, jnp.sum(mask * per_dim, axis=-1)
 
 

@@ -129,6 +129,12 @@ class GaussianActor(nn.Module):
         return mean, jnp.maximum(log_std, self.min_log_std)
 
 
+def tanh_log_det_jacobian(u: jax.Array) -> jax.Array:
+    """log |d tanh(u) / du| = log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), per entry (exact also where
+    tanh(u) rounds to +-1)."""
+    return 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))
+
+
 def sample_action(mean: jax.Array, log_std: jax.Array, key: jax.Array, deterministic: bool = False) -> jax.Array:
     """tanh(mean + std * eps), differentiable in mean and log_std; tanh(mean) when deterministic."""
     if deterministic:
