@@ -8,8 +8,8 @@ the time does not depend on their values) is shared by K tasks extracted togethe
 --num-tasks. Timed program: `extraction_chunk` of --updates extraction updates of all K tasks (a scan
 of a vmap over tasks of {draw start states, PWM.policy_update}), compiled once (compile seconds
 reported apart) and called --repeats times (median). Reported per case: seconds per update (all tasks
-together) and per update per task, the projected extraction time per task of PWM's 10k updates, XLA's
-FLOP count and its share of the float32 matmul peak measured in this run.
+together) and per update per task, the projected extraction time per task of PWM's 10k updates, the
+matmul FLOPs of one call (`benchmarks.flops`) and their share of the float32 matmul peak measured in this run.
 """
 from __future__ import annotations
 

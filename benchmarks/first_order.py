@@ -4,8 +4,9 @@ the world model next to SHAC's window update through the physics.
     python -m benchmarks.first_order --env dmc/cartpole-swingup --num-envs 16 --model-size tiny
 
 Reports the device, the config, the float32 matmul peak measured in this run, and for each timed
-program its compile seconds (first call) apart from the steady-state median, XLA's FLOP count of one
-call (`cost_analysis`) and the share of the peak that reaches:
+program its compile seconds (first call) apart from the steady-state median, the matmul FLOPs of one
+call (`benchmarks.flops`, loops times their trip counts; XLA's `cost_analysis` counts a loop body once)
+and the share of the peak that reaches:
   * `pwm_policy_update`: one actor step through H-step imagination plus the critic regression, on a
     frozen world model (the policy-extraction step), for a batch of start states;
   * `pwm_update`: the same after one world-model step on a replayed batch (PWM online);
@@ -22,6 +23,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from benchmarks import flops
 from benchmarks.throughput import device_info, emit_report
 from mbdpo_jax import envs
 from mbdpo_jax.agents.pwm import PWM, PWMConfig
@@ -45,7 +47,8 @@ class FirstOrderBench:
 
 
 def timed(fn: Callable, args: tuple, repeats: int) -> dict:
-    """Compile seconds, steady-state median seconds and XLA's FLOP count of one call of jit(fn)(*args)."""
+    """Compile seconds, steady-state median seconds and the matmul FLOPs of one call of jit(fn)(*args) (None
+    for programs with while loops, e.g. MJX's solver, whose trip counts are not static)."""
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
@@ -55,23 +58,23 @@ def timed(fn: Callable, args: tuple, repeats: int) -> dict:
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return {"compile_s": compile_s, "seconds": sorted(times)[len(times) // 2],
-            "flops": float(cost.get("flops", 0.0)) if cost else None}
+    try:
+        count = float(flops.matmul_flops(fn, *args))
+    except ValueError:
+        count = None
+    return {"compile_s": compile_s, "seconds": sorted(times)[len(times) // 2], "matmul_flops": count}
 
 
 def matmul_peak(n: int, repeats: int) -> float:
-    """FLOP/s of a float32 n x n matmul on the default device (the attainable peak of this run)."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    result = timed(lambda x, y: x @ y, (a, a), max(repeats, 5))
-    return 2 * n ** 3 / result["seconds"]
+    """FLOP/s of float32 n x n matmuls on the default device (the attainable peak of this run)."""
+    return flops.matmul_peak(n, n, n, max(repeats, 5))
 
 
 def with_share(result: dict, peak: float) -> dict:
-    if result["flops"]:
-        result["flops_per_s"] = result["flops"] / result["seconds"]
-        result["share_of_matmul_peak"] = result["flops_per_s"] / peak
+    """`result` plus its matmul FLOP rate and that rate's share of `peak` (FLOP/s)."""
+    if result["matmul_flops"]:
+        result["matmul_flops_per_s"] = result["matmul_flops"] / result["seconds"]
+        result["share_of_matmul_peak"] = result["matmul_flops_per_s"] / peak
     return result
 
 

@@ -6,6 +6,11 @@ Reports the device, the config, compile seconds (first call) apart from steady-s
 env steps per second of: physics alone (random actions), planning alone (one plan per env step),
 updates alone (at one update per env step, i.e. updates per second), and end to end (a jitted
 training chunk with planning and updates at the configured update-to-data ratio).
+
+For planning and updates it also reports the matmul FLOPs of one call (`benchmarks.flops`: counted from
+the program, loops times their trip counts) and `share_of_peak`, their rate over the float32 matmul peak
+measured in the same run at the preset's own shapes (`device.matmul_peak_gflops`: the best of
+(envs x candidates, mlp) @ (mlp, mlp) and (batch x horizon, mlp) @ (mlp, mlp)).
 """
 from __future__ import annotations
 
@@ -19,9 +24,11 @@ from typing import Any, Callable, Optional
 
 import jax
 
+from benchmarks.flops import matmul_flops, matmul_peak
 from mbdpo_jax.data import replay
+from mbdpo_jax.models.world_model import PRESETS
 from mbdpo_jax.envs import step_batch
-from mbdpo_jax.train.config import LoopOptions, OnlineConfig
+from mbdpo_jax.train.config import LoopOptions, OnlineConfig, get_flat
 from mbdpo_jax.train.off_policy import OffPolicyTrainer
 from mbdpo_jax.train.runner import build_trainer
 
@@ -63,6 +70,20 @@ def device_info() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
+def preset_matmul_peaks(agent_cfg: Any, num_envs: int) -> dict[str, float]:
+    """GFLOP/s of float32 matmuls at the shapes the preset's planner and update multiply most."""
+    setting = lambda name: get_flat(agent_cfg, name)
+    mlp = PRESETS[setting("model_size")][1]
+    rows = {"planning": num_envs * setting("num_samples"), "updates": setting("batch_size") * setting("horizon")}
+    return {f"{name} ({m} x {mlp}) @ ({mlp} x {mlp})": matmul_peak(m, mlp, mlp) / 1e9 for name, m in rows.items()}
+
+
+def with_share_of_peak(result: dict, flops: int, seconds: float, peak_gflops: float) -> dict:
+    """`result` plus the matmul FLOPs of one call, their rate and its share of the run's matmul peak."""
+    gflops = flops / seconds / 1e9
+    return dict(result, matmul_gflop_per_call=flops / 1e9, matmul_gflops=gflops, share_of_peak=gflops / peak_gflops)
+
+
 def measure(agent_cfg: Any, b: BenchOptions) -> dict:
     """Physics, planning, update and end-to-end throughput of `agent_cfg` on `b.env`."""
     loop = LoopOptions(env=b.env, num_envs=b.num_envs, updates_per_step=b.updates_per_step, eval_every=b.chunk_steps,
@@ -73,6 +94,8 @@ def measure(agent_cfg: Any, b: BenchOptions) -> dict:
     key = jax.random.PRNGKey(0)
     carry = jax.jit(trainer.init)(key)
     results = {}
+    peaks = preset_matmul_peaks(agent_cfg, n)
+    peak = max(peaks.values())
 
     @jax.jit
     def physics(state, k):
@@ -87,7 +110,9 @@ def measure(agent_cfg: Any, b: BenchOptions) -> dict:
     plan = jax.jit(jax.vmap(lambda o, p, k: agent.act(carry.agent, o, p, k, False)[:2]))
     keys = jax.random.split(key, n)
     compile_s, steady = timed(plan, carry.env.obs, carry.act, keys, repeats=b.repeats)
-    results["planning"] = {"compile_s": compile_s, "env_steps_per_s": n / steady, "ms_per_plan_call": 1e3 * steady}
+    results["planning"] = with_share_of_peak(
+        {"compile_s": compile_s, "env_steps_per_s": n / steady, "ms_per_plan_call": 1e3 * steady},
+        matmul_flops(plan, carry.env.obs, carry.act, keys), steady, peak)
 
     # Fill the replay with a chunk of random experience so updates sample real data.
     seeding = OffPolicyTrainer(agent, env, dataclasses.replace(trainer.cfg, seed_steps=10**9))
@@ -95,13 +120,16 @@ def measure(agent_cfg: Any, b: BenchOptions) -> dict:
     batch = jax.jit(lambda s, k: replay.sample_sequences(trainer.buffer, s, k))(filled.buffer, key)
     update = jax.jit(agent.update)
     compile_s, steady = timed(update, filled.agent, batch, key, repeats=b.repeats)
-    results["updates"] = {"compile_s": compile_s, "updates_per_s": 1 / steady, "ms_per_update": 1e3 * steady}
+    results["updates"] = with_share_of_peak(
+        {"compile_s": compile_s, "updates_per_s": 1 / steady, "ms_per_update": 1e3 * steady},
+        matmul_flops(agent.update, filled.agent, batch, key), steady, peak)
 
     chunk = jax.jit(trainer.train_chunk)
     compile_s, steady = timed(chunk, filled, repeats=b.repeats)
     results["end_to_end"] = {"compile_s": compile_s, "env_steps_per_s": b.chunk_steps / steady}
     config = {"algo": online.algo, "agent": dataclasses.asdict(agent_cfg), "bench": dataclasses.asdict(b)}
-    return {"benchmark": "throughput", "device": device_info(), "config": config, "results": results}
+    device = dict(device_info(), matmul_peak_gflops=peak, matmul_peak_gflops_by_shape=peaks)
+    return {"benchmark": "throughput", "device": device, "config": config, "results": results}
 
 
 def emit_report(report: dict, out: str | None) -> None:
