@@ -5,8 +5,8 @@ vmapped over the envs), so its cost per env should fall, or at worst stay flat, 
 
 For each N: compile seconds, the steady-state median of one batched plan call, ms per env, the matmul
 FLOPs of the call (`benchmarks.flops`) and their share of the float32 matmul peak measured in the same run
-at the largest batch's shape, and `per_env_cost_vs_fewest_envs` (the ms per env over that of the smallest N, 1 by default; above 1
-means something scales worse than linearly).
+at the largest batch's shape, and `per_env_cost_vs_fewest_envs` (the ms per env over that of the smallest
+N, 1 by default; above 1 means something scales worse than linearly).
 """
 from __future__ import annotations
 
