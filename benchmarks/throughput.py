@@ -28,7 +28,7 @@ from benchmarks.flops import matmul_flops, matmul_peak
 from mbdpo_jax.data import replay
 from mbdpo_jax.models.world_model import PRESETS
 from mbdpo_jax.envs import step_batch
-from mbdpo_jax.train.config import LoopOptions, OnlineConfig, get_flat
+from mbdpo_jax.train.config import LoopOptions, OnlineConfig, flat_fields, get_flat
 from mbdpo_jax.train.off_policy import OffPolicyTrainer
 from mbdpo_jax.train.runner import build_trainer
 
@@ -71,8 +71,10 @@ def device_info() -> dict:
 
 
 def preset_matmul_peaks(agent_cfg: Any, num_envs: int) -> dict[str, float]:
-    """GFLOP/s of float32 matmuls at the shapes the preset's planner and update multiply most."""
-    setting = lambda name: get_flat(agent_cfg, name)
+    """GFLOP/s of float32 matmuls at the shapes the preset's planner and update multiply most (an agent
+    without planner candidates, e.g. PWM's actor, acts on one row per env)."""
+    names = flat_fields(agent_cfg)
+    setting = lambda name: get_flat(agent_cfg, name) if name in names else 1
     mlp = PRESETS[setting("model_size")][1]
     rows = {"planning": num_envs * setting("num_samples"), "updates": setting("batch_size") * setting("horizon")}
     return {f"{name} ({m} x {mlp}) @ ({mlp} x {mlp})": matmul_peak(m, mlp, mlp) / 1e9 for name, m in rows.items()}
