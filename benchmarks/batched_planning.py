@@ -17,7 +17,7 @@ from typing import Any, Optional
 import jax
 
 from benchmarks.flops import matmul_flops, matmul_peak
-from benchmarks.throughput import device_info, emit_report, timed
+from benchmarks.throughput import batched_plan, device_info, emit_report, timed
 from mbdpo_jax.models.world_model import PRESETS
 from mbdpo_jax.train.config import LoopOptions, OnlineConfig, get_flat
 from mbdpo_jax.train.runner import build_trainer
@@ -35,17 +35,17 @@ class BatchedPlanningBench:
 
 
 def plan_call(agent_cfg: Any, env: str, num_envs: int) -> tuple[Any, tuple]:
-    """jit(vmap(act)) over `num_envs` fresh envs of a freshly initialised agent, and its arguments."""
+    """The batched plan over `num_envs` fresh envs of a freshly initialised agent, and its arguments."""
     loop = LoopOptions(env=env, num_envs=num_envs, seed_steps=0, eval_every=num_envs, buffer_size=1000)
     trainer = build_trainer(OnlineConfig(agent=agent_cfg, loop=loop))
     key = jax.random.PRNGKey(0)
-    carry = jax.jit(trainer.init)(key)
-    agent = trainer.agent
-    plan = jax.vmap(lambda o, p, k: agent.act(carry.agent, o, p, k, False)[:2])
-    return plan, (carry.env.obs, carry.act, jax.random.split(key, num_envs))
+    return batched_plan(trainer, jax.jit(trainer.init)(key), key)
 
 
 def measure(agent_cfg: Any, b: BatchedPlanningBench) -> dict:
+    """Per-env cost of one batched plan call for each number of envs in `b.envs`."""
+    if not b.envs or min(b.envs) < 1:
+        raise ValueError(f"invalid --envs {list(b.envs)}; allowed: one or more env counts >= 1")
     mlp = PRESETS[get_flat(agent_cfg, "model_size")][1]
     rows = max(b.envs) * get_flat(agent_cfg, "num_samples")
     peak = matmul_peak(rows, mlp, mlp)
@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     if algo not in ("tdmpc2", "mbdpo"):
         raise SystemExit(f"{prog}: algorithm {algo!r} does not plan; allowed: tdmpc2, mbdpo")
     agent_cfg, bench = parse_config(algo, "bench", BatchedPlanningBench(), args, prog, __doc__)
-    emit_report(measure(agent_cfg, bench), bench.out)
+    try:
+        report = measure(agent_cfg, bench)
+    except ValueError as error:
+        raise SystemExit(f"{prog}: {error}")
+    emit_report(report, bench.out)
     return 0
 
 

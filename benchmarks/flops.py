@@ -9,8 +9,9 @@ checks the count against the dots of XLA's compiled program on cases whose loops
 from __future__ import annotations
 
 import math
+import re
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,20 +26,18 @@ def dot_general_flops(eqn: Any) -> int:
     return 2 * math.prod(eqn.outvars[0].aval.shape) * contracted
 
 
-def _sub_jaxprs(eqn: Any) -> Iterable[tuple[Any, int]]:
-    """(sub-jaxpr, times it runs) for every jaxpr an equation calls."""
+def _called_flops(eqn: Any) -> int:
+    """Matmul FLOPs of the jaxprs an equation calls, times how often they run."""
     if eqn.primitive.name == "while":
         raise ValueError("matmul_flops: a while loop has no static trip count; write it as lax.scan or "
                          "lax.fori_loop with Python-int bounds")
     if eqn.primitive.name in ("cond", "switch"):
         # Only one branch runs; count the most expensive one (an upper bound, exact when branches agree).
-        yield max(eqn.params["branches"], key=jaxpr_matmul_flops), 1
-        return
+        return max(jaxpr_matmul_flops(branch) for branch in eqn.params["branches"])
     times = eqn.params["length"] if eqn.primitive.name == "scan" else 1
-    for value in eqn.params.values():
-        for sub in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(sub, (jax_core.Jaxpr, jax_core.ClosedJaxpr)):
-                yield sub, times
+    subs = [sub for value in eqn.params.values() for sub in (value if isinstance(value, (tuple, list)) else (value,))
+            if isinstance(sub, (jax_core.Jaxpr, jax_core.ClosedJaxpr))]
+    return times * sum(jaxpr_matmul_flops(sub) for sub in subs)
 
 
 def jaxpr_matmul_flops(jaxpr: Any) -> int:
@@ -51,7 +50,7 @@ def jaxpr_matmul_flops(jaxpr: Any) -> int:
         elif eqn.primitive.name == "conv_general_dilated":
             raise ValueError("matmul_flops: convolutions are not counted")
         else:
-            total += sum(times * jaxpr_matmul_flops(sub) for sub, times in _sub_jaxprs(eqn))
+            total += _called_flops(eqn)
     return total
 
 
@@ -93,8 +92,6 @@ def matmul_peak(m: int, k: int, n: int, repeats: int = 5, chain: int = 32,
 def hlo_dot_flops(hlo_text: str) -> int:
     """Matmul FLOPs of the `dot` instructions in an HLO module's text, each counted once (a loop body once):
     XLA's own view of the matmuls it kept, for checking `matmul_flops` on programs whose loops run once."""
-    import re
-
     dims = lambda text: [int(d) for d in text.split(",") if d]
     shapes = {name: dims(d) for name, d in re.findall(r"%?([\w.\-]+) = [a-z0-9]+\[([0-9,]*)\]", hlo_text)}
     dot = re.compile(r"= [a-z0-9]+\[([0-9,]*)\]\S* dot\((?:[a-z0-9]+\[[0-9,]*\]\S* )?%?([\w.\-]+),.*?"

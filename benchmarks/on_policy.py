@@ -7,8 +7,9 @@ epochs x minibatches gradient steps on that rollout; a timed chunk is `iteration
 one compiled program. For each of our learners (`--algos`, built by `train.runner.build_trainer`, so
 exactly what `experiments.online <algo>` runs) the report gives the chunk's compile seconds apart from
 its steady-state median and env steps/s, and for one minibatch gradient step its matmul FLOPs
-(`benchmarks.flops`) and their share of the float32 matmul peak measured in this run. Learners with a diffusion chain are timed once per `--diffusion-steps` K, and
-their cost per denoising step is given relative to their Gaussian baseline's whole step (`BASELINE`).
+(`benchmarks.flops`) and their share of the float32 matmul peak measured in this run. Learners with a
+diffusion chain are timed once per `--diffusion-steps` K, and their cost per denoising step is given
+relative to their Gaussian baseline's whole step (`BASELINE`).
 
 `brax_ppo` is brax's own PPO trainer (`brax.training.agents.ppo.train`) on the same MuJoCo Playground
 task built the same way (`impl="jax"`), with the same envs, unroll length, epochs, minibatch size and

@@ -70,6 +70,14 @@ def device_info() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
+def batched_plan(trainer: Any, carry: Any, key: jax.Array) -> tuple[Callable, tuple]:
+    """The training-time plan of every env of `carry` as one function (the agent's act vmapped over the
+    envs; not jitted) and its arguments."""
+    act = trainer.agent.act
+    plan = jax.vmap(lambda o, p, k: act(carry.agent, o, p, k, False)[:2])
+    return plan, (carry.env.obs, carry.act, jax.random.split(key, carry.env.obs.shape[0]))
+
+
 def preset_matmul_peaks(agent_cfg: Any, num_envs: int) -> dict[str, float]:
     """GFLOP/s of float32 matmuls at the shapes the preset's planner and update multiply most (an agent
     without planner candidates, e.g. PWM's actor, acts on one row per env)."""
@@ -109,12 +117,11 @@ def measure(agent_cfg: Any, b: BenchOptions) -> dict:
     compile_s, steady = timed(physics, carry.env, key, repeats=b.repeats)
     results["physics"] = {"compile_s": compile_s, "env_steps_per_s": n * b.physics_steps / steady}
 
-    plan = jax.jit(jax.vmap(lambda o, p, k: agent.act(carry.agent, o, p, k, False)[:2]))
-    keys = jax.random.split(key, n)
-    compile_s, steady = timed(plan, carry.env.obs, carry.act, keys, repeats=b.repeats)
+    plan, plan_args = batched_plan(trainer, carry, key)
+    compile_s, steady = timed(jax.jit(plan), *plan_args, repeats=b.repeats)
     results["planning"] = with_share_of_peak(
         {"compile_s": compile_s, "env_steps_per_s": n / steady, "ms_per_plan_call": 1e3 * steady},
-        matmul_flops(plan, carry.env.obs, carry.act, keys), steady, peak)
+        matmul_flops(plan, *plan_args), steady, peak)
 
     # Fill the replay with a chunk of random experience so updates sample real data.
     seeding = OffPolicyTrainer(agent, env, dataclasses.replace(trainer.cfg, seed_steps=10**9))

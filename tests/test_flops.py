@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 from benchmarks.flops import hlo_dot_flops, matmul_flops
+from benchmarks.throughput import batched_plan
 from conftest import tiny_online_config
 from mbdpo_jax.data import replay
 from mbdpo_jax.train.runner import build_trainer
@@ -42,8 +43,7 @@ def test_plan_and_update_counts_equal_the_dots_of_xlas_program_when_every_loop_r
     trainer = build_trainer(cfg)
     agent, key = trainer.agent, jax.random.PRNGKey(0)
     carry = jax.jit(trainer.init)(key)
-    plan = jax.vmap(lambda o, p, k: agent.act(carry.agent, o, p, k, False)[:2])
-    plan_args = (carry.env.obs, carry.act, jax.random.split(key, cfg.loop.num_envs))
+    plan, plan_args = batched_plan(trainer, carry, key)
     batch = replay.sample_sequences(trainer.buffer, carry.buffer, key)
     for fn, args in [(plan, plan_args), (agent.update, (carry.agent, batch, key))]:
         xla = hlo_dot_flops(jax.jit(fn).lower(*args).as_text(dialect="hlo"))
